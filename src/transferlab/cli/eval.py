@@ -1,0 +1,48 @@
+"""``tl-eval ckpt_path=PATH [data=...]``: test a checkpoint (every task of it) on its data or another."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from transferlab import CONF_DIR, run
+from transferlab.cli import user_errors
+from transferlab.config import set_value
+from transferlab.errors import ConfigError
+from transferlab.models import read_checkpoint
+
+
+def checkpoint_config(ckpt_path: str, cfg: DictConfig) -> DictConfig:
+    """The config a checkpoint was trained with, its weights coming from the checkpoint itself."""
+    hparams = read_checkpoint(ckpt_path).get("hyper_parameters", {})
+    saved = hparams.get("config")
+    if not saved:
+        raise ConfigError(f"'{ckpt_path}' is not a transferlab checkpoint (it holds no run config); "
+                          f"to start a run from foreign weights use tl-train model.checkpoint=...")
+    run_cfg = OmegaConf.create(saved)
+    for key, value in {"model.checkpoint": None, "model.pretrained": False, "source": None,
+                       "paths.run_dir": cfg.paths.run_dir, "logger": cfg.logger,
+                       "trainer.devices": 1, "trainer.num_nodes": 1, "trainer.strategy": "auto"}.items():
+        set_value(run_cfg, key, value)
+    for task in hparams.get("tasks", []):  # a dataset with another class count is then a clear error
+        set_value(run_cfg, f"tasks.{task['name']}.num_classes", task["num_classes"])
+    if cfg.get("data") is not None:
+        set_value(run_cfg, "data", cfg.data)
+    return run_cfg
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
+def task(cfg: DictConfig) -> None:
+    with user_errors():
+        metrics = run.evaluate(checkpoint_config(cfg.ckpt_path, cfg), cfg.ckpt_path, Path(cfg.paths.run_dir))
+    print(f"run directory: {cfg.paths.run_dir}")
+    print("  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if isinstance(v, float)))
+
+
+def main() -> None:
+    task()
+
+
+if __name__ == "__main__":
+    main()

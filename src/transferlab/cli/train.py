@@ -1,0 +1,37 @@
+"""``tl-train [overrides]``: one run, or a sweep with ``-m``. No overrides = the default experiment."""
+from __future__ import annotations
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from transferlab import CONF_DIR, run
+from transferlab.cli import user_errors
+
+
+def _summary(metrics: dict, run_dir) -> str:
+    keys = [k for k in ("test/acc", "test/f1", "val/acc_best") if k in metrics]
+    return (f"run directory: {run_dir}\n" + "  ".join(f"{k}={metrics[k]:.4f}" for k in keys) +
+            f"  ({metrics['strategy']}, {metrics['trainable_params']:,} of {metrics['total_params']:,} "
+            f"parameters trained, {metrics['fit_seconds']:.1f}s)")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def task(cfg: DictConfig) -> float | None:
+    with user_errors(in_sweep=HydraConfig.get().mode == RunMode.MULTIRUN):
+        metrics = run.train(cfg)
+    if metrics is not None:
+        from pytorch_lightning.utilities import rank_zero_info
+
+        rank_zero_info(_summary(metrics, cfg.paths.run_dir))
+        return metrics.get(cfg.get("objective", "val/acc_best"))
+    return None
+
+
+def main() -> None:
+    task()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""The LightningDataModule: one data source per distinct dataset among the tasks, batches per source.
+
+Training batches are a dict ``{source: (images, {column: labels})}`` drawn by Lightning's
+``CombinedLoader``; its mode defines an epoch: ``max_size_cycle`` (default) is one pass over the
+largest source while smaller ones cycle, ``min_size`` stops with the smallest, ``sequential`` runs
+sources one after another. Validation and test iterate every source once, in task order.
+"""
+from __future__ import annotations
+
+import torch
+from omegaconf import OmegaConf
+from pytorch_lightning import LightningDataModule
+from pytorch_lightning.utilities import CombinedLoader
+from torch.utils.data import DataLoader, Dataset
+
+from transferlab.data import create_splits
+from transferlab.data.transforms import create_transform
+from transferlab.errors import ConfigError, DataError
+from transferlab.tasks import Task
+
+
+class Transformed(Dataset):
+    def __init__(self, base, transform):
+        self.base, self.transform = base, transform
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        image, labels = self.base[i]
+        return self.transform(image), labels
+
+
+def create_sources(data_cfg, tasks: list[Task]) -> dict[str, dict]:
+    """Build each source's splits once, check every task's label column and class count, fill them in."""
+    sources = {}
+    for task in tasks:
+        if task.source not in sources:
+            cfg = OmegaConf.merge(data_cfg, task.data) if task.data else data_cfg
+            sources[task.source] = {"cfg": cfg, "splits": create_splits(cfg, task.label)}
+        train = sources[task.source]["splits"]["train"]
+        if task.label not in train.classes:
+            raise ConfigError(f"task '{task.name}' reads label column '{task.label}', which data "
+                              f"'{data_cfg.get('name', data_cfg.kind)}' does not have; columns: {', '.join(train.classes)}")
+        names = train.classes[task.label]
+        if task.num_classes is not None and task.num_classes != len(names):
+            raise DataError(f"task '{task.name}' declares num_classes={task.num_classes} but its data has "
+                            f"{len(names)} classes in column '{task.label}' ({', '.join(names[:10])}); "
+                            f"drop num_classes or fix it")
+        task.num_classes, task.class_names = len(names), list(names)
+    return sources
+
+
+class TransferDataModule(LightningDataModule):
+    def __init__(self, sources: dict[str, dict], model_data_config: dict, loader_cfg, mode: str = "max_size_cycle"):
+        super().__init__()
+        self.sources, self.loader_cfg, self.mode = sources, loader_cfg, mode
+        if mode not in ("max_size_cycle", "min_size", "max_size", "sequential"):
+            raise ConfigError(f"unknown multitask.sampling '{mode}'; valid: max_size_cycle, min_size, max_size, sequential")
+        self.datasets = {}
+        for name, src in sources.items():
+            cfg = src["cfg"]
+            for split, ds in src["splits"].items():
+                tf = create_transform(model_data_config, cfg.augment, train=split == "train", input_size=cfg.get("input_size"))
+                self.datasets[(name, split)] = Transformed(ds, tf)
+
+    def _loader(self, source: str, split: str) -> DataLoader:
+        c = self.loader_cfg
+        if c.batch_size <= 0:
+            raise ConfigError(f"data.batch_size={c.batch_size}; it must be a positive integer")
+        workers = c.num_workers
+        pin = torch.cuda.is_available() if c.get("pin_memory") is None else c.pin_memory
+        return DataLoader(self.datasets[(source, split)], batch_size=c.batch_size, shuffle=split == "train",
+                          num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
+                          drop_last=False)
+
+    def train_dataloader(self):
+        return CombinedLoader({name: self._loader(name, "train") for name in self.sources}, mode=self.mode)
+
+    def val_dataloader(self):
+        return [self._loader(name, "val") for name in self.sources]
+
+    def test_dataloader(self):
+        return [self._loader(name, "test") for name in self.sources]

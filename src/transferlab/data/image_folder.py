@@ -1,0 +1,61 @@
+"""Folders of images, one sub-folder per class: ``root/{train,val,test}/<class>/*`` or ``root/<class>/*``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from transferlab.data.base import SPLITS, LabeledImages, split_three_ways
+from transferlab.errors import DataError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class Files(LabeledImages):
+    """Image files on disk with label columns; opened lazily, a corrupt file is named in the error."""
+
+    def __init__(self, paths: list[str], targets, classes):
+        self.paths = list(paths)
+        super().__init__(targets, classes)
+
+    def load(self, i: int) -> Image.Image:
+        with Image.open(self.paths[i]) as img:
+            return img.convert("RGB")
+
+    def describe(self, i: int) -> str:
+        return f"'{self.paths[i]}'"
+
+
+def scan(folder: Path, classes: list[str] | None = None) -> Files:
+    """One class per sub-folder (sorted names); every class must hold at least one image."""
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = classes or found
+    if not found:
+        raise DataError(f"data root '{folder}' has no class folders; expected '{folder}/<class>/<image>' "
+                        f"(or train/, val/, test/ folders each laid out that way)")
+    if sorted(found) != sorted(classes):
+        raise DataError(f"'{folder}' has classes {found} but the train split has {classes}; every split needs "
+                        f"the same class folders")
+    paths, labels = [], []
+    for c, name in enumerate(classes):
+        files = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+        if not files:
+            raise DataError(f"class folder '{folder / name}' holds no images ({', '.join(IMG_EXTENSIONS)})")
+        paths += [str(p) for p in files]
+        labels += [c] * len(files)
+    return Files(paths, {"label": labels}, {"label": classes})
+
+
+def create(cfg) -> dict[str, LabeledImages]:
+    if not cfg.root:
+        raise DataError("data.root is not set; pass data.root=/path/to/images")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data root '{root}' does not exist or is not a folder")
+    if (root / "train").is_dir():
+        train = scan(root / "train")
+        given = {n: scan(root / n, train.classes["label"]) for n in SPLITS[1:] if (root / n).is_dir()}
+        carved = split_three_ways(train, "label", 0 if "val" in given else cfg.val_fraction,
+                                  0 if "test" in given else cfg.test_fraction, cfg.split_seed)
+        return {name: given.get(name, carved[name]) for name in SPLITS}
+    return split_three_ways(scan(root), "label", cfg.val_fraction, cfg.test_fraction, cfg.split_seed)

@@ -1,0 +1,125 @@
+"""The one run path: config -> factories -> module -> trainer -> run directory.
+
+``tl-train``, ``tl-eval``, ``tl-reproduce`` and source runs all go through ``build`` and
+``create_trainer`` here; nothing else assembles a model, data or trainer.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from pathlib import Path
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_only
+from timm.data import resolve_model_data_config
+
+from transferlab import tracking
+from transferlab.config import set_value, to_plain, validate
+from transferlab.data.datamodule import TransferDataModule, create_sources
+from transferlab.errors import ConfigError
+from transferlab.models import create_model, read_checkpoint
+from transferlab.module import TransferModule
+from transferlab.optim import create_optimizer, create_scheduler
+from transferlab.source import prepare_source
+from transferlab.tasks import create_loss_weighting, create_tasks
+
+log = logging.getLogger(__name__)
+
+
+class SampleCounter(Callback):
+    """Counts training samples, for ``train_samples_per_second``."""
+
+    def __init__(self):
+        self.samples = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.samples += sum(item[0].shape[0] for item in batch.values() if item is not None)
+
+
+def build(cfg, tasks=None):
+    """Tasks, data, model, strategy and module for a config; raises before any training starts."""
+    validate(cfg)
+    tasks = tasks or create_tasks(cfg.tasks, cfg.multitask.get("monitor"))
+    sources = create_sources(cfg.data, tasks)
+    model = create_model(cfg.model, tasks)
+    strategy = instantiate(cfg.strategy)
+    strategy.check(model.num_stages, cfg.trainer.max_epochs)
+    module = TransferModule(
+        model, tasks, create_loss_weighting(cfg.multitask.loss_weighting, tasks),
+        optimizer_factory=partial(create_optimizer, cfg=cfg.optimizer,
+                                  stage_lr_scale=partial(strategy.lr_scale, num_stages=model.num_stages)),
+        scheduler_factory=partial(create_scheduler, cfg=cfg.scheduler),
+        monitor_task=cfg.multitask.get("monitor"), config=to_plain(cfg))
+    datamodule = TransferDataModule(sources, resolve_model_data_config(model.backbone), cfg.data,
+                                    cfg.multitask.sampling)
+    return module, datamodule, strategy
+
+
+def create_trainer(cfg, run_dir: Path, callbacks=(), loggers=()) -> pl.Trainer:
+    kwargs = to_plain(cfg.trainer)
+    try:
+        return pl.Trainer(**kwargs, default_root_dir=str(run_dir), callbacks=list(callbacks),
+                          logger=list(loggers) or False)
+    except (TypeError, ValueError) as e:  # Lightning's own checks of its arguments
+        raise ConfigError(f"trainer config is not valid: {e}") from None
+
+
+def train(cfg) -> dict:
+    """Fit, test the best checkpoint, and leave a complete run directory; returns metrics.json's content."""
+    run_dir = Path(cfg.paths.run_dir)
+    validate(cfg)
+    checkpoint = prepare_source(cfg, train)
+    if checkpoint:
+        set_value(cfg, "model.checkpoint", checkpoint)
+    pl.seed_everything(cfg.seed, workers=True)
+    module, datamodule, strategy = build(cfg)
+    config = to_plain(cfg)
+    if rank_zero_only.rank == 0:
+        tracking.write_yaml(run_dir / "config.yaml", config)
+        tracking.write_json(run_dir / "env.json", tracking.environment())
+    loggers = tracking.create_loggers(cfg.logger, run_dir)
+    tracking.log_config(loggers, config)
+    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc", mode="max",
+                           save_last=True, auto_insert_metric_name=False)
+    counter = SampleCounter()
+    trainer = create_trainer(cfg, run_dir, [strategy, best, counter], loggers)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit_seconds = time.perf_counter() - start
+    trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
+    trainer.test(module, datamodule=datamodule, ckpt_path="best" if best.best_model_path else "last",
+                 verbose=False)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    metrics.update({
+        "val/acc_best": float(module.val_acc_best), "strategy": strategy.name, "model": cfg.model.name,
+        "data": cfg.data.name, "seed": cfg.seed, "epochs": trainer.current_epoch,
+        "trainable_params": trainable, "total_params": sum(p.numel() for p in module.model.parameters()),
+        "fit_seconds": round(fit_seconds, 3), "train_samples_per_second": round(counter.samples / fit_seconds, 2),
+        "best_checkpoint": best.best_model_path or None,
+    })
+    if rank_zero_only.rank == 0:
+        tracking.write_json(run_dir / "metrics.json", metrics)
+    tracking.finish(loggers)
+    return metrics
+
+
+def evaluate(cfg, ckpt_path: str, run_dir: Path) -> dict:
+    """Test a checkpoint on ``cfg.data`` (its own run's data unless overridden); writes metrics.json."""
+    module, datamodule, _ = build(cfg)
+    state = read_checkpoint(ckpt_path)["state_dict"]
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if [k for k in missing if not k.startswith("metrics.")] or unexpected:
+        raise ConfigError(f"checkpoint '{ckpt_path}' does not fit the model built from its config "
+                          f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
+    trainer = create_trainer(cfg, run_dir, loggers=tracking.create_loggers(cfg.logger, run_dir))
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    metrics.update({"checkpoint": str(ckpt_path), "model": cfg.model.name, "data": cfg.data.name})
+    if rank_zero_only.rank == 0:
+        tracking.write_json(run_dir / "metrics.json", metrics)
+    tracking.finish(trainer.loggers)
+    return metrics
+

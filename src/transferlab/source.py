@@ -1,0 +1,51 @@
+"""Source runs: train the source model first, as an ordinary transferlab run, and cache it.
+
+``source.overrides`` are the ``tl-train`` overrides of the source task (e.g. digits 0-4). The source
+run uses this run's ``model`` node, so architectures always match, and is cached under
+``source.cache_dir`` by a hash of its resolved config: the first run trains it, later ones reuse it.
+Weights the user gives (``model.checkpoint`` or ``model.pretrained``) always win over a source run.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from transferlab.config import compose_config, set_value, to_plain
+
+log = logging.getLogger(__name__)
+
+
+def source_config(cfg):
+    src = compose_config(list(cfg.source.overrides))
+    set_value(src, "model", OmegaConf.merge(cfg.model, {"checkpoint": None, "pretrained": False}))
+    key = {k: v for k, v in to_plain(src).items() if k not in ("paths", "logger", "hydra")}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    run_dir = Path(cfg.source.cache_dir).expanduser() / f"{cfg.model.name}-{digest}"
+    set_value(src, "paths.run_dir", str(run_dir))
+    return src, run_dir
+
+
+def prepare_source(cfg, train_fn) -> str | None:
+    """The checkpoint to start from: the cached source run's best, trained now if it is missing."""
+    if not cfg.get("source") or not cfg.source.get("overrides"):
+        return None
+    if cfg.model.get("checkpoint") or cfg.model.get("pretrained"):
+        log.info("source run skipped: weights come from %s", cfg.model.checkpoint or "the hub (pretrained=true)")
+        return None
+    src, run_dir = source_config(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "w") as lock:  # concurrent jobs wait for one source run
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (run_dir / "metrics.json").is_file():
+            log.info("training the source model (%s) into %s; later runs reuse it",
+                     " ".join(cfg.source.overrides), run_dir)
+            train_fn(src)
+        else:
+            log.info("reusing the cached source model in %s", run_dir)
+    best = json.loads((run_dir / "metrics.json").read_text()).get("best_checkpoint")
+    return best or str(run_dir / "checkpoints" / "last.ckpt")
