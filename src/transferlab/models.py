@@ -125,7 +125,7 @@ def create_model(model_cfg, tasks) -> TransferModel:
                                                head_cfg.get("dropout", 0.0)) for t in tasks})
     model = TransferModel(backbone, heads)
     if model_cfg.get("checkpoint"):
-        load_source_weights(model, model_cfg.checkpoint)
+        load_source_weights(model, model_cfg.checkpoint, tasks)
     return model
 
 
@@ -163,12 +163,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
-def load_source_weights(model: TransferModel, path) -> None:
-    """Load a backbone (and heads whose task and shape match) from a transferlab or timm checkpoint.
-
-    A head whose class count differs is left freshly initialised (the usual transfer case), with a note.
-    """
-    state = read_checkpoint(path)["state_dict"]
+def load_source_weights(model: TransferModel, path, tasks) -> None:
+    """Load a backbone, and the heads of tasks with the same name, class count and class names, from a
+    transferlab or timm checkpoint. Other heads stay freshly initialised (the usual transfer case)."""
+    ckpt = read_checkpoint(path)
+    state = ckpt["state_dict"]
     prefix = "model.backbone." if any(k.startswith("model.backbone.") for k in state) else ""
     backbone_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not prefix:  # a plain timm state dict: drop its classifier, the heads are ours
@@ -190,11 +189,18 @@ def load_source_weights(model: TransferModel, path) -> None:
                               f"{len(wrong_shape)} of another shape), e.g. {shown}. Choose the model the checkpoint "
                               f"was trained with (model.name=...).")
     model.backbone.load_state_dict(backbone_state)
-    for task, head in model.heads.items():
-        head_state = {k[len(f"model.heads.{task}."):]: v for k, v in state.items() if k.startswith(f"model.heads.{task}.")}
+    source_classes = {t["name"]: t.get("class_names") for t in ckpt.get("hyper_parameters", {}).get("tasks", [])}
+    for task in tasks:
+        head = model.heads[task.name]
+        head_state = {k[len(f"model.heads.{task.name}."):]: v for k, v in state.items()
+                      if k.startswith(f"model.heads.{task.name}.")}
         own_head = head.state_dict()
-        if head_state.keys() == own_head.keys() and all(v.shape == own_head[k].shape for k, v in head_state.items()):
+        same_shape = head_state.keys() == own_head.keys() and all(v.shape == own_head[k].shape for k, v in head_state.items())
+        same_labels = source_classes.get(task.name) in (None, task.class_names)
+        if same_shape and same_labels:
             head.load_state_dict(head_state)
-            log.info("head '%s' loaded from %s", task, path)
+            log.info("head '%s' loaded from %s", task.name, path)
         else:
-            log.info("head '%s' newly initialised: the source has no head of this task with the same class count", task)
+            why = "another class count" if head_state and not same_shape else (
+                "other classes" if head_state else "no head of this task")
+            log.info("head '%s' newly initialised: the source has %s", task.name, why)

@@ -1,0 +1,55 @@
+"""Shared test helpers: compose a config the way tl-train does and run it in-process or as a user would."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# Fast settings for the default digits transfer: fewer epochs, quiet, CSV only.
+FAST = ["trainer.max_epochs=3", "trainer.enable_progress_bar=false", "logger=csv",
+        "source.overrides=[data=digits,data.classes=[0,1,2,3,4],source=none,strategy=finetune,logger=csv,"
+        "trainer.max_epochs=4,trainer.enable_progress_bar=false]"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_env(tmp_path_factory):
+    """Every test shares one source-model cache and never touches the network or ~/.cache."""
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ.update(TRANSFERLAB_CACHE=str(cache), WANDB_MODE="offline", WANDB_SILENT="true",
+                      HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    yield
+
+
+def compose(*overrides, run_dir: Path | None = None):
+    from transferlab.config import compose_config, set_value
+
+    cfg = compose_config(list(overrides))
+    if run_dir is not None:
+        set_value(cfg, "paths.run_dir", str(run_dir))
+    return cfg
+
+
+def train(run_dir: Path, *overrides, fast: bool = True) -> dict:
+    """Run ``tl-train overrides`` in this process (same code path) and return metrics.json."""
+    from transferlab import run
+
+    cfg = compose(*(FAST if fast else []), *overrides, run_dir=run_dir)
+    run.train(cfg)
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def cli(command: str, *args, cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a console script exactly as a user would, capturing its output."""
+    return subprocess.run([str(BIN / command), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def run_dirs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.rglob("config.yaml") if (p.parent / "checkpoints").exists())
