@@ -5,26 +5,22 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 # Fast settings for the default digits transfer: fewer epochs, quiet, CSV only.
 FAST = ["trainer.max_epochs=3", "trainer.enable_progress_bar=false", "logger=csv",
-        "source.overrides=[data=digits,data.classes=[0,1,2,3,4],source=none,strategy=finetune,logger=csv,"
-        "trainer.max_epochs=4,trainer.enable_progress_bar=false]"]
+        "source.overrides=['data=digits','data.classes=[0,1,2,3,4]','source=none','strategy=finetune','logger=csv',"
+        "'trainer.max_epochs=4','trainer.enable_progress_bar=false']"]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _isolated_env(tmp_path_factory):
-    """Every test shares one source-model cache and never touches the network or ~/.cache."""
-    cache = tmp_path_factory.mktemp("cache")
-    os.environ.update(TRANSFERLAB_CACHE=str(cache), WANDB_MODE="offline", WANDB_SILENT="true",
-                      HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    yield
+# Every test (and every subprocess it starts) shares one source-model cache and never touches the
+# network or ~/.cache. Set at import, before timm / huggingface_hub read their environment.
+os.environ.update(TRANSFERLAB_CACHE=tempfile.mkdtemp(prefix="transferlab-cache-"), WANDB_MODE="offline",
+                  WANDB_SILENT="true", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
 
 
 def compose(*overrides, run_dir: Path | None = None):

@@ -11,9 +11,9 @@ from functools import partial
 from pathlib import Path
 
 import pytorch_lightning as pl
-from hydra.utils import instantiate
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from timm.data import resolve_model_data_config
 
 from transferlab import tracking
@@ -24,6 +24,7 @@ from transferlab.models import create_model, read_checkpoint
 from transferlab.module import TransferModule
 from transferlab.optim import create_optimizer, create_scheduler
 from transferlab.source import prepare_source
+from transferlab.strategies import create_strategy
 from transferlab.tasks import create_loss_weighting, create_tasks
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def build(cfg, tasks=None):
     tasks = tasks or create_tasks(cfg.tasks, cfg.multitask.get("monitor"))
     sources = create_sources(cfg.data, tasks)
     model = create_model(cfg.model, tasks)
-    strategy = instantiate(cfg.strategy)
+    strategy = create_strategy(cfg.strategy)
     strategy.check(model.num_stages, cfg.trainer.max_epochs)
     module = TransferModule(
         model, tasks, create_loss_weighting(cfg.multitask.loss_weighting, tasks),
@@ -63,14 +64,18 @@ def create_trainer(cfg, run_dir: Path, callbacks=(), loggers=()) -> pl.Trainer:
     try:
         return pl.Trainer(**kwargs, default_root_dir=str(run_dir), callbacks=list(callbacks),
                           logger=list(loggers) or False)
-    except (TypeError, ValueError) as e:  # Lightning's own checks of its arguments
+    except (TypeError, ValueError, MisconfigurationException) as e:  # Lightning's own checks of its arguments
         raise ConfigError(f"trainer config is not valid: {e}") from None
 
 
-def train(cfg) -> dict:
-    """Fit, test the best checkpoint, and leave a complete run directory; returns metrics.json's content."""
+def train(cfg, callbacks=()) -> dict:
+    """Fit, test the best checkpoint, and leave a complete run directory; returns metrics.json's content.
+
+    ``callbacks`` are added to the Trainer's (for programmatic use and tests that watch training).
+    """
     run_dir = Path(cfg.paths.run_dir)
     validate(cfg)
+    create_strategy(cfg.strategy)  # a bad strategy setting fails before any source run is trained
     checkpoint = prepare_source(cfg, train)
     if checkpoint:
         set_value(cfg, "model.checkpoint", checkpoint)
@@ -85,7 +90,7 @@ def train(cfg) -> dict:
     best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc", mode="max",
                            save_last=True, auto_insert_metric_name=False)
     counter = SampleCounter()
-    trainer = create_trainer(cfg, run_dir, [strategy, best, counter], loggers)
+    trainer = create_trainer(cfg, run_dir, [strategy, best, counter, *callbacks], loggers)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     fit_seconds = time.perf_counter() - start
@@ -104,6 +109,14 @@ def train(cfg) -> dict:
         tracking.write_json(run_dir / "metrics.json", metrics)
     tracking.finish(loggers)
     return metrics
+
+
+def record_failure(cfg, error: BaseException) -> None:
+    """A sweep job that failed leaves failed.json (never metrics.json), so reports list it as failed."""
+    if rank_zero_only.rank == 0:
+        tracking.write_json(Path(cfg.paths.run_dir) / "failed.json", {
+            "error": f"{type(error).__name__}: {error}", "strategy": cfg.strategy.get("name"),
+            "model": cfg.model.get("name"), "data": cfg.data.get("name"), "seed": cfg.get("seed")})
 
 
 def evaluate(cfg, ckpt_path: str, run_dir: Path) -> dict:

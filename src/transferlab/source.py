@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 def source_config(cfg):
     src = compose_config(list(cfg.source.overrides))
     set_value(src, "model", OmegaConf.merge(cfg.model, {"checkpoint": None, "pretrained": False}))
+    set_value(src, "paths.run_dir", "")  # not part of the key; Hydra's output dir is not the source's
     key = {k: v for k, v in to_plain(src).items() if k not in ("paths", "logger", "hydra")}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
     run_dir = Path(cfg.source.cache_dir).expanduser() / f"{cfg.model.name}-{digest}"

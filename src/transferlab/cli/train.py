@@ -6,8 +6,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from pytorch_lightning.utilities import rank_zero_info
+
 from transferlab import CONF_DIR, run
-from transferlab.cli import user_errors
+from transferlab.cli import log, user_errors
 
 
 def _summary(metrics: dict, run_dir) -> str:
@@ -19,14 +21,16 @@ def _summary(metrics: dict, run_dir) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def task(cfg: DictConfig) -> float | None:
-    with user_errors(in_sweep=HydraConfig.get().mode == RunMode.MULTIRUN):
-        metrics = run.train(cfg)
-    if metrics is not None:
-        from pytorch_lightning.utilities import rank_zero_info
-
-        rank_zero_info(_summary(metrics, cfg.paths.run_dir))
-        return metrics.get(cfg.get("objective", "val/acc_best"))
-    return None
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        with user_errors(in_sweep=in_sweep):
+            metrics = run.train(cfg)
+    except Exception as e:  # only a sweep job gets here: record it, let the sweep go on
+        run.record_failure(cfg, e)
+        log.error("job failed (%s); the sweep goes on, the report lists it as failed", e)
+        return None
+    rank_zero_info(_summary(metrics, cfg.paths.run_dir))
+    return metrics.get(cfg.objective)
 
 
 def main() -> None:

@@ -1,0 +1,48 @@
+"""Aggregate finished runs into ``report.md``, ``report.csv`` and ``report.png`` (``tl-report``, sweeps).
+
+    from transferlab.report import write_report
+    report = write_report(["outputs/multirun/digits_finetune/2024-01-01_00-00-00"])
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from transferlab.errors import ConfigError
+from transferlab.report.collect import Run, find_runs
+from transferlab.report.table import Row, build_rows, markdown, write_csv
+
+
+@dataclass
+class Report:
+    rows: list[Row]
+    runs: list[Run]
+    markdown: str
+    paths: list[Path]
+
+
+def write_report(dirs, out=None) -> Report:
+    """Write the three report files into ``out`` (default: the first directory)."""
+    dirs = [Path(d) for d in dirs]
+    for d in dirs:
+        if not d.is_dir():
+            raise ConfigError(f"'{d}' is not a directory; tl-report takes run or sweep directories")
+    runs = find_runs(dirs)
+    if not runs:
+        raise ConfigError(f"no transferlab runs under {', '.join(map(str, dirs))}: no directory there holds "
+                          f"a config.yaml, metrics.json or failed.json (give a run, sweep or outputs directory)")
+    out = Path(out) if out is not None else dirs[0]
+    out.mkdir(parents=True, exist_ok=True)
+    rows, run_labels = build_rows(runs)
+    paths = [out / "report.md", out / "report.csv"]
+    if rows:
+        from transferlab.report.figure import plot  # matplotlib only when there is something to draw
+
+        paths.append(plot(rows, out / "report.png"))
+    text = markdown(rows, runs, run_labels, dirs, "report.png" if rows else None)
+    paths[0].write_text(text)
+    write_csv(paths[1], rows, runs, run_labels)
+    return Report(rows, runs, text, paths)
+
+
+__all__ = ["Report", "Run", "Row", "find_runs", "write_report"]

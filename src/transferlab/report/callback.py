@@ -1,0 +1,72 @@
+"""Write the report into the sweep directory when a multirun ends, and log it to one W&B summary run.
+
+Enabled in ``conf/hydra/default.yaml``::
+
+    callbacks:
+      report:
+        _target_: transferlab.report.callback.ReportCallback
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from transferlab.errors import TransferlabError
+from transferlab.report import Report, write_report
+
+log = logging.getLogger(__name__)
+
+
+def _wanted(config: DictConfig) -> bool:
+    """Only when the sweep logs to W&B at all: ``logger=csv`` means the user chose no W&B."""
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        return False
+    loggers = OmegaConf.select(config, "logger", default=None)
+    return loggers is None or "wandb" in loggers
+
+
+def log_to_wandb(report: Report, config: DictConfig) -> None:
+    import wandb
+
+    project = OmegaConf.select(config, "logger.wandb.project", default=None) or "transferlab"
+    group = OmegaConf.select(config, "experiment_name", default=None)
+    out = report.paths[0].parent
+    columns = ["setting", "best", "n_seeds", "test/acc", "test/acc_std", "test/f1", "test/f1_std",
+               "trainable_params", "fit_seconds"]
+    data = [[r.label, r.best, len(r.runs), r.mean("test/acc"), r.std("test/acc"), r.mean("test/f1"),
+             r.std("test/f1"), r.mean("trainable_params"), r.mean("fit_seconds")] for r in report.rows]
+    run = wandb.init(project=project, group=group, job_type="report", name=f"report-{group}", dir=str(out),
+                     mode=os.environ.get("WANDB_MODE", "offline"),
+                     config={"sweep_dir": str(out), "runs": len(report.runs)})
+    try:
+        payload = {"report/table": wandb.Table(columns=columns, data=data)}
+        figure = out / "report.png"
+        if figure.is_file():
+            payload["report/figure"] = wandb.Image(str(figure))
+        run.log(payload)
+        run.summary.update({f"report/{s}_runs": sum(r.status == s for r in report.runs)
+                            for s in ("finished", "failed", "incomplete")})
+    finally:
+        wandb.finish()
+
+
+class ReportCallback(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            report = write_report([sweep_dir])
+        except TransferlabError as e:  # e.g. every job died before writing anything
+            log.warning("no report for %s: %s", sweep_dir, e)
+            return
+        log.info("report of %d runs written to %s", len(report.runs), sweep_dir / "report.md")
+        if report.rows and _wanted(config):
+            try:
+                log_to_wandb(report, config)
+            except Exception as e:  # noqa: BLE001 - the files are written; W&B trouble must not fail the sweep
+                log.warning("the report was not logged to W&B: %s", e)
