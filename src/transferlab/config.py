@@ -65,6 +65,10 @@ SCHEMA = {
 
 def validate(cfg: DictConfig) -> None:
     """Check the values every run relies on; raise one ConfigError naming the bad key and value."""
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
+    if missing:
+        raise ConfigError(f"required value(s) not set: {', '.join(missing)}; pass them as overrides, "
+                          f"e.g. {missing[0]}=...")
     for key, (ok, valid) in SCHEMA.items():
         try:
             value = OmegaConf.select(cfg, key, throw_on_missing=True, default="__absent__")

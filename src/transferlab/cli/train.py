@@ -25,7 +25,9 @@ def task(cfg: DictConfig) -> float | None:
     try:
         with user_errors(in_sweep=in_sweep):
             metrics = run.train(cfg)
-    except Exception as e:  # only a sweep job gets here: record it, let the sweep go on
+    except Exception as e:
+        if not in_sweep:
+            raise
         run.record_failure(cfg, e)
         log.error("job failed (%s); the sweep goes on, the report lists it as failed", e)
         return None
