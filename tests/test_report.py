@@ -12,6 +12,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import cli, train
+from wandb_reader import read_run as read_wandb_run
 from transferlab.cli.report import main as report_main
 from transferlab.errors import ConfigError
 from transferlab.report import write_report
@@ -204,10 +205,14 @@ def test_multirun_callback_writes_the_report_and_a_wandb_summary_run(sweep, monk
     monkeypatch.setenv("WANDB_MODE", "offline")
     ReportCallback().on_multirun_end(_sweep_config(sweep, {"csv": {}, "wandb": {"project": "transferlab"}}))
     assert (sweep / "report.md").is_file() and (sweep / "report.png").is_file()
-    runs = list((sweep / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
-    logged = {p.parent.parent.name for p in runs[0].glob("files/media/*/report/*")}
-    assert logged == {"images", "table"}
+    logged = read_wandb_run(sweep)
+    assert logged["exited"] and logged["run"]["group"] == "cmp" and logged["run"]["job_type"] == "report"
+    assert logged["summary"]["report/finished_runs"] == 7 and logged["summary"]["report/failed_runs"] == 1
+    table = json.loads((logged["file"].parent / "files" / logged["summary"]["report/table.path"]).read_text())
+    rows = {r["label"]: r for r in read_csv(sweep / "report.csv") if r["kind"] == "row"}
+    i, j = table["columns"].index("setting"), table["columns"].index("test/acc")
+    assert {r[i]: r[j] for r in table["data"]} == {label: float(r["test/acc"]) for label, r in rows.items()}
+    assert (logged["file"].parent / "files" / logged["summary"]["report/figure.path"]).is_file()
 
 
 def test_multirun_callback_respects_a_sweep_without_wandb(tmp_path):

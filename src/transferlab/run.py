@@ -25,7 +25,7 @@ from transferlab.module import TransferModule
 from transferlab.optim import create_optimizer, create_scheduler
 from transferlab.source import prepare_source
 from transferlab.strategies import create_strategy
-from transferlab.tasks import create_loss_weighting, create_tasks
+from transferlab.tasks import add_source_task, create_loss_weighting, create_tasks
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def train(cfg, callbacks=()) -> dict:
     run_dir = Path(cfg.paths.run_dir)
     validate(cfg)
     create_strategy(cfg.strategy)  # a bad strategy setting fails before any source run is trained
+    add_source_task(cfg)
     checkpoint = prepare_source(cfg, train)
     if checkpoint:
         set_value(cfg, "model.checkpoint", checkpoint)

@@ -33,11 +33,13 @@ class Task:
 def create_tasks(tasks_cfg: DictConfig | dict, monitor: str | None = None) -> list[Task]:
     """Tasks from the ``tasks`` mapping (name -> spec), checked before any data is read."""
     spec = OmegaConf.to_container(tasks_cfg, resolve=True) if isinstance(tasks_cfg, DictConfig) else dict(tasks_cfg)
-    if not spec:
+    if not any(spec.values()):
         raise ConfigError("no tasks declared: `tasks` needs at least one entry, e.g. tasks.main.label=label")
     tasks = []
     for name, t in spec.items():
-        t = dict(t or {})
+        if t is None:  # `tasks.main=null` removes an inherited task
+            continue
+        t = dict(t)
         unknown = set(t) - {"label", "num_classes", "weight", "data"}
         if unknown:
             raise ConfigError(f"task '{name}' has unknown keys {sorted(unknown)}; valid: label, num_classes, weight, data")
@@ -51,6 +53,22 @@ def create_tasks(tasks_cfg: DictConfig | dict, monitor: str | None = None) -> li
     if monitor is not None and monitor not in {t.name for t in tasks}:
         raise ConfigError(f"monitor_task '{monitor}' is not a declared task; declared: {', '.join(t.name for t in tasks)}")
     return tasks
+
+
+def add_source_task(cfg) -> None:
+    """Multi-task transfer: the source task (``source.overrides``) trains jointly, as a task named
+    ``source``, instead of first. Written into ``cfg.tasks`` so config.yaml records what ran."""
+    from transferlab.config import compose_config, set_value
+
+    if not cfg.multitask.get("source_task"):
+        return
+    if not cfg.get("source") or not cfg.source.get("overrides"):
+        raise ConfigError("multitask.source_task=true needs a source task (source=digits or source.overrides=[...])")
+    source_data = compose_config(list(cfg.source.overrides)).data
+    set_value(cfg, "tasks.source", {"label": "label", "num_classes": None, "data": source_data,
+                                    "weight": cfg.multitask.source_weight})
+    set_value(cfg, "multitask.source_task", False)
+    set_value(cfg, "source.overrides", [])
 
 
 class FixedWeights(nn.Module):

@@ -43,7 +43,7 @@ def log_to_wandb(report: Report, config: DictConfig) -> None:
              r.std("test/f1"), r.mean("trainable_params"), r.mean("fit_seconds")] for r in report.rows]
     run = wandb.init(project=project, group=group, job_type="report", name=f"report-{group}", dir=str(out),
                      mode=os.environ.get("WANDB_MODE", "offline"),
-                     config={"sweep_dir": str(out), "runs": len(report.runs)})
+                     config={"sweep_dir": str(out.resolve()), "runs": len(report.runs)})
     try:
         payload = {"report/table": wandb.Table(columns=columns, data=data)}
         figure = out / "report.png"

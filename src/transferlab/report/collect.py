@@ -22,7 +22,7 @@ class Run:
     dir: Path
     status: str  # finished | failed | incomplete
     config: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)  # metrics.json; for a failed run, failed.json less the error
     error: str | None = None
 
     def setting(self, key: str, default=None):

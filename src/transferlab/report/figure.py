@@ -27,28 +27,30 @@ def mean_curve(row: Row, metric: str = "val/acc") -> tuple[list[int], list[float
 
 
 def plot(rows: list[Row], path: Path, metric: str = "test/acc") -> Path:
+    """Horizontal bars, so long labels (strategy, model, overrides) stay on one readable line."""
     colors = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20").colors
     color = {row.label: colors[i % len(colors)] for i, row in enumerate(rows)}
-    width = max(11.0, 5.0 + 0.9 * len(rows))
-    fig, (bars, curves) = plt.subplots(1, 2, figsize=(width, 5.2), gridspec_kw={"width_ratios": [1.1, 1]})
+    fig, (bars, curves) = plt.subplots(2, 1, figsize=(11, 4.5 + 0.45 * len(rows)), layout="constrained",
+                                       gridspec_kw={"height_ratios": [max(2.2, 1 + 0.45 * len(rows)), 4]})
 
-    x = range(len(rows))
+    y = range(len(rows))
     means, stds = [row.mean(metric) for row in rows], [row.std(metric) for row in rows]
-    drawn = bars.bar(x, means, yerr=stds, capsize=5, color=[color[r.label] for r in rows],
-                     edgecolor="black", linewidth=[2.5 if r.best else 0 for r in rows], alpha=0.9)
-    for rect, row, mean, std in zip(drawn, rows, means, stds):
-        text = f"{mean:.3f} ± {std:.3f}\nn={len(row.runs)}" + (", best" if row.best else "")
-        bars.annotate(text, (rect.get_x() + rect.get_width() / 2, mean + std + 0.01), ha="center", va="bottom",
-                      fontsize=8, fontweight="bold" if row.best else "normal")
-    ticks = [row.label.replace(", ", "\n") for row in rows]
-    long = max((len(t) for label in ticks for t in label.split("\n")), default=0) > 14 or len(rows) > 5
-    bars.set_xticks(list(x), ticks, rotation=30 if long else 0, ha="right" if long else "center", fontsize=9)
-    bars.set_ylim(0, 1.15)  # room for the labels above a bar near 1
-    bars.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    bars.set_ylabel(metric)
+    bars.barh(y, means, xerr=stds, capsize=4, color=[color[r.label] for r in rows], edgecolor="black",
+              linewidth=[2.5 if r.best else 0 for r in rows], alpha=0.9, height=0.7)
+    for i, (row, mean, std) in enumerate(zip(rows, means, stds)):
+        if mean != mean:  # NaN: no run of this row logged the metric
+            continue
+        text = f"{mean:.3f} ± {std:.3f}  (n={len(row.runs)})" + ("  best" if row.best else "")
+        bars.text(mean + std + 0.01, i, text, va="center", fontsize=9, fontweight="bold" if row.best else "normal")
+    bars.set_yticks(list(y), [row.label for row in rows], fontsize=9)
+    bars.invert_yaxis()  # best on top, as in report.md
+    bars.set_xlim(0, 1.3)  # room for the numbers right of a bar near 1
+    bars.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    bars.set_xlabel(metric)
     bars.set_title(f"{metric}: mean ± std over seeds")
-    bars.grid(axis="y", alpha=0.3)
+    bars.grid(axis="x", alpha=0.3)
 
+    bands = len(rows) <= 4  # more bands than that hide the curves
     plotted = 0
     for row in rows:
         epochs, mean, std = mean_curve(row)
@@ -56,11 +58,12 @@ def plot(rows: list[Row], path: Path, metric: str = "test/acc") -> Path:
             continue
         plotted += 1
         c = color[row.label]
-        curves.plot(epochs, mean, marker="o", markersize=3, color=c, label=f"{row.label} (n={len(row.runs)})")
-        curves.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                            color=c, alpha=0.15, linewidth=0)
+        curves.plot(epochs, mean, marker="o", markersize=3, color=c, label=row.label)
+        if bands:
+            curves.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                                color=c, alpha=0.15, linewidth=0)
     if plotted:
-        curves.legend(fontsize=8, loc="lower right")
+        curves.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     else:
         curves.text(0.5, 0.5, "no per-epoch history\n(runs have no csv/metrics.csv)", ha="center",
                     va="center", transform=curves.transAxes, color="gray")
@@ -68,10 +71,9 @@ def plot(rows: list[Row], path: Path, metric: str = "test/acc") -> Path:
     curves.set_ylim(0, 1.05)
     curves.set_xlabel("epoch")
     curves.set_ylabel("val/acc")
-    curves.set_title("val/acc per epoch: mean over seeds (band: ± std)")
+    curves.set_title("val/acc per epoch: mean over seeds" + (" (band: ± std)" if bands else ""))
     curves.grid(alpha=0.3)
 
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
