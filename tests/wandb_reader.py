@@ -12,11 +12,16 @@ checked against files it writes):
 
 ``read_records`` returns the protobuf records; ``read_run`` the parts a test checks (run, config,
 history, summary, exited).
+
+``wandb.finish()`` returns before wandb-core has written the file: right after it, the file may hold
+only the 7-byte header (seen with wandb 0.31 in about one run in three). ``read_run`` therefore waits
+(``timeout`` seconds) for the exit record ``wandb.finish`` writes, re-reading the file until it is there.
 """
 from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -120,14 +125,12 @@ def _key(item) -> str:
 def _history_value(item):
     if item.value_json:
         return json.loads(item.value_json)
-    # newer wandb may write typed values instead of value_json
-    for name, decode in (("number", None), ("integer", None), ("boolean", None), ("text", None),
-                         ("json", json.loads)):
-        field = item.DESCRIPTOR.fields_by_name.get(name)
-        if field is not None and item.HasField(name):
-            value = getattr(item, name)
-            return decode(value) if decode else value
-    return None
+    # wandb-core may also write a typed value (the ``value`` oneof: none/boolean/integer/number/text/json)
+    kind = item.WhichOneof("value") if "value" in item.DESCRIPTOR.oneofs_by_name else None
+    if kind is None or kind == "none":
+        return None
+    value = getattr(item, kind)
+    return json.loads(value) if kind == "json" else value
 
 
 def _apply(target: dict, update) -> None:
@@ -138,20 +141,37 @@ def _apply(target: dict, update) -> None:
         target.pop(_key(item), None)
 
 
-def read_run(path) -> dict:
+def read_run(path, timeout: float = 10.0) -> dict:
     """What an offline W&B run recorded.
 
     ``path`` is a transferlab run directory (its ``wandb/offline-run-*/run-*.wandb`` is read) or a
-    ``.wandb`` file. Returns ``file`` (the ``.wandb`` path), ``run`` (id, project, name, group,
-    job_type, tags), ``config`` (values JSON-decoded, W&B's own ``_wandb`` entry left out),
+    ``.wandb`` file. Returns ``file`` (the ``.wandb`` path), ``run`` (id, entity, project, name, group,
+    job_type, tags, notes), ``config`` (values JSON-decoded, W&B's own ``_wandb`` entry left out),
     ``history`` (one dict per history record, with ``_step``), ``summary``, ``exited`` (an exit record
     is present: ``wandb.finish`` ran), ``exit_code`` and ``counts`` (records per type).
+
+    Waits up to ``timeout`` seconds for the exit record (wandb-core writes the file after
+    ``wandb.finish`` returns); after that, returns what the file holds (``exited`` False), or raises
+    the last read error if it never could be read.
     """
     path = Path(path)
-    file = path if path.is_file() else find_wandb_file(path)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            file = path if path.is_file() else find_wandb_file(path)
+            run = _run_of(file, read_records(file))
+            if run["exited"] or time.monotonic() >= deadline:
+                return run
+        except (FileNotFoundError, WandbFileError):  # not there yet, or caught mid-write
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(0.05)
+
+
+def _run_of(file: Path, records) -> dict:
     run, config, history, summary = {}, {}, [], {}
     exited, exit_code, counts = False, None, {}
-    for record in read_records(file):
+    for record in records:
         kind = record.WhichOneof("record_type")
         counts[kind] = counts.get(kind, 0) + 1
         if kind == "run":

@@ -82,12 +82,21 @@ def train(cfg, callbacks=()) -> dict:
         set_value(cfg, "model.checkpoint", checkpoint)
     pl.seed_everything(cfg.seed, workers=True)
     module, datamodule, strategy = build(cfg)
-    config = to_plain(cfg)
     if rank_zero_only.rank == 0:
-        tracking.write_yaml(run_dir / "config.yaml", config)
+        tracking.write_yaml(run_dir / "config.yaml", to_plain(cfg))
         tracking.write_json(run_dir / "env.json", tracking.environment())
     loggers = tracking.create_loggers(cfg.logger, run_dir)
-    tracking.log_config(loggers, config)
+    try:
+        metrics = _fit_and_test(cfg, run_dir, module, datamodule, strategy, loggers, callbacks)
+    except BaseException:
+        tracking.finish(loggers, "failed")
+        raise
+    tracking.finish(loggers)
+    return metrics
+
+
+def _fit_and_test(cfg, run_dir, module, datamodule, strategy, loggers, callbacks) -> dict:
+    tracking.log_config(loggers, to_plain(cfg))
     best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc", mode="max",
                            save_last=True, auto_insert_metric_name=False)
     counter = SampleCounter()
@@ -108,7 +117,6 @@ def train(cfg, callbacks=()) -> dict:
     })
     if rank_zero_only.rank == 0:
         tracking.write_json(run_dir / "metrics.json", metrics)
-    tracking.finish(loggers)
     return metrics
 
 
@@ -128,12 +136,17 @@ def evaluate(cfg, ckpt_path: str, run_dir: Path) -> dict:
     if [k for k in missing if not k.startswith("metrics.")] or unexpected:
         raise ConfigError(f"checkpoint '{ckpt_path}' does not fit the model built from its config "
                           f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
-    trainer = create_trainer(cfg, run_dir, loggers=tracking.create_loggers(cfg.logger, run_dir))
-    trainer.test(module, datamodule=datamodule, verbose=False)
+    loggers = tracking.create_loggers(cfg.logger, run_dir)
+    try:
+        trainer = create_trainer(cfg, run_dir, loggers=loggers)
+        trainer.test(module, datamodule=datamodule, verbose=False)
+    except BaseException:
+        tracking.finish(loggers, "failed")
+        raise
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     metrics.update({"checkpoint": str(ckpt_path), "model": cfg.model.name, "data": cfg.data.name})
     if rank_zero_only.rank == 0:
         tracking.write_json(run_dir / "metrics.json", metrics)
-    tracking.finish(trainer.loggers)
+    tracking.finish(loggers)
     return metrics
 

@@ -136,12 +136,12 @@ def log_config(loggers, config: dict) -> None:
         logger.log_hyperparams(scrub(config))
 
 
-def finish(loggers) -> None:
-    """End each logger's run, so every job of a multirun is its own W&B run."""
+def finish(loggers, status: str = "success") -> None:
+    """End each logger's run, failed ones too, so every job of a multirun is its own W&B run."""
     for logger in loggers:
-        logger.finalize("success")
+        logger.finalize(status)
         if type(logger).__name__ == "WandbLogger" and rank_zero_only.rank == 0:
             import wandb
 
             if wandb.run is not None:
-                wandb.finish()
+                wandb.finish(exit_code=0 if status == "success" else 1)

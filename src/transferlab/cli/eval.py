@@ -25,6 +25,8 @@ def checkpoint_config(ckpt_path: str, cfg: DictConfig) -> DictConfig:
                        "paths.run_dir": cfg.paths.run_dir, "logger": cfg.logger,
                        "trainer.devices": 1, "trainer.num_nodes": 1, "trainer.strategy": "auto"}.items():
         set_value(run_cfg, key, value)
+    if run_cfg.logger and "wandb" in run_cfg.logger:
+        set_value(run_cfg, "logger.wandb.job_type", "eval")  # tell evaluations apart from training runs
     for task in hparams.get("tasks", []):  # a dataset with another class count is then a clear error
         set_value(run_cfg, f"tasks.{task['name']}.num_classes", task["num_classes"])
     if cfg.get("data") is not None:

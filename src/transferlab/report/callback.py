@@ -64,7 +64,7 @@ class ReportCallback(Callback):
         except TransferlabError as e:  # e.g. every job died before writing anything
             log.warning("no report for %s: %s", sweep_dir, e)
             return
-        log.info("report of %d runs written to %s", len(report.runs), sweep_dir / "report.md")
+        print(f"\n{report.markdown}\nreport of {len(report.runs)} runs: " + ", ".join(str(p) for p in report.paths))
         if report.rows and _wanted(config):
             try:
                 log_to_wandb(report, config)

@@ -62,21 +62,25 @@ def setting_key(run: Run) -> tuple:
 
 
 def labels(keys: list[tuple]) -> dict[tuple, str]:
-    """Strategy name plus whatever else differs between rows; a group's sub-keys that only change
-    with its name (``optimizer.momentum`` with ``optimizer=sgd``) are left out as noise."""
+    """Strategy name plus whatever else differs between rows; keys that only change with their
+    group's name (``optimizer.momentum`` with ``optimizer=sgd``) or with the strategy are left out."""
     dicts = [dict(k) for k in keys]
     every = sorted(set().union(*dicts)) if dicts else []
     absent = "-"
     differing = [k for k in every if len({d.get(k, absent) for d in dicts}) > 1]
 
     def explained(key: str) -> bool:
-        name = key.split(".")[0] + ".name"
-        if key == name or name not in every:
-            return False
-        seen = {}
-        for d in dicts:
-            seen.setdefault(d.get(name), set()).add(d.get(key, absent))
-        return all(len(v) == 1 for v in seen.values())
+        """True when the key's value follows from its group's name or from the strategy (e.g. the
+        tasks and source settings that come with strategy=multitask): the name says it already."""
+        for name in (key.split(".")[0] + ".name", "strategy.name"):
+            if key == name or name not in every:
+                continue
+            seen = {}
+            for d in dicts:
+                seen.setdefault(d.get(name), set()).add(d.get(key, absent))
+            if all(len(v) == 1 for v in seen.values()):
+                return True
+        return False
 
     names_first = [f"{g}.name" for g in NAMED_GROUPS]
     differing.sort(key=lambda k: (k not in names_first, k))
