@@ -15,6 +15,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from transferlab import CONF_DIR
 from transferlab.errors import ConfigError
 
+# `${tl.or:a,b}`: a unless it is null/empty, else b (e.g. resume into the old run directory).
+OmegaConf.register_new_resolver("tl.or", lambda a, b: a if a else b, replace=True)
+
+# Modules whose classes a saved config may instantiate (tl-train resume=, tl-reproduce, tl-eval).
+ALLOWED_TARGETS = ("transferlab.", "torch.", "timm.", "torchvision.", "pytorch_lightning.", "lightning.")
+
 
 @contextmanager
 def _hydra_ready():
@@ -76,6 +82,35 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"config value {key} cannot be read: {e}") from None
         if value != "__absent__" and not ok(value):
             raise ConfigError(f"{key}={value!r} is not valid: it must be {valid}")
+
+
+def check_targets(node, where: str) -> None:
+    """Refuse a config from disk that would instantiate anything outside the allowed packages."""
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if target is not None and not str(target).startswith(ALLOWED_TARGETS):
+            raise ConfigError(f"{where} asks to instantiate '{target}', which is not allowed; a saved config may "
+                              f"only name classes from: {', '.join(p.rstrip('.') for p in ALLOWED_TARGETS)}")
+        for value in node.values():
+            check_targets(value, where)
+    elif isinstance(node, list):
+        for value in node:
+            check_targets(value, where)
+
+
+def load_run_config(run_dir) -> DictConfig:
+    """A finished or interrupted run's resolved config.yaml, after the _target_ allowlist check."""
+    from pathlib import Path
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"'{run_dir}' is not a transferlab run directory: it has no config.yaml")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # noqa: BLE001 - YAML errors of all kinds
+        raise ConfigError(f"'{path}' is not a readable config: {e}") from None
+    check_targets(OmegaConf.to_container(cfg), str(path))
+    return cfg
 
 
 def to_plain(cfg: DictConfig) -> dict:

@@ -36,6 +36,7 @@ class TransferModule(LightningModule):
         self.model, self.tasks, self.loss_weighting = model, tasks, loss_weighting
         self.optimizer_factory, self.scheduler_factory = optimizer_factory, scheduler_factory
         self.monitor_task = monitor_task or tasks[0].name
+        self.inputs_are_features = False  # set when the datamodule serves cached backbone features
         self.sources = list(dict.fromkeys(t.source for t in tasks))
         self.metrics = torch.nn.ModuleDict({f"{split}_{t.name}": _metrics(t.num_classes)
                                             for split in ("val", "test") for t in tasks})
@@ -55,7 +56,7 @@ class TransferModule(LightningModule):
         tasks = [t for t in self.tasks if t.source == source and (only is None or t.name in only)]
         if not tasks:
             return {}, {}
-        features = self.model.backbone(x)
+        features = x if self.inputs_are_features else self.model.backbone(x)
         logits = {t.name: self.model.heads[t.name](features) for t in tasks}
         losses = {t.name: F.cross_entropy(logits[t.name], labels[t.label]) for t in tasks}
         return losses, logits

@@ -17,7 +17,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from timm.data import resolve_model_data_config
 
 from transferlab import tracking
-from transferlab.config import set_value, to_plain, validate
+from transferlab.config import load_run_config, set_value, to_plain, validate
 from transferlab.data.datamodule import TransferDataModule, create_sources
 from transferlab.errors import ConfigError
 from transferlab.models import create_model, read_checkpoint
@@ -54,8 +54,12 @@ def build(cfg, tasks=None):
                                   stage_lr_scale=partial(strategy.lr_scale, num_stages=model.num_stages)),
         scheduler_factory=partial(create_scheduler, cfg=cfg.scheduler),
         monitor_task=cfg.multitask.get("monitor"), config=to_plain(cfg))
+    augment = any(src["cfg"].augment.enabled for src in sources.values())
+    cache = strategy.caches_features(model.num_stages, cfg.trainer.max_epochs, augment)
+    module.inputs_are_features = cache
     datamodule = TransferDataModule(sources, resolve_model_data_config(model.backbone), cfg.data,
-                                    cfg.multitask.sampling)
+                                    cfg.multitask.sampling, features_from=model.backbone if cache else None,
+                                    store_dir=Path(cfg.paths.run_dir) / "features")
     return module, datamodule, strategy
 
 
@@ -73,6 +77,8 @@ def train(cfg, callbacks=()) -> dict:
 
     ``callbacks`` are added to the Trainer's (for programmatic use and tests that watch training).
     """
+    if cfg.get("resume"):
+        cfg = resume_config(cfg.resume)
     run_dir = Path(cfg.paths.run_dir)
     validate(cfg)
     create_strategy(cfg.strategy)  # a bad strategy setting fails before any source run is trained
@@ -118,6 +124,20 @@ def _fit_and_test(cfg, run_dir, module, datamodule, strategy, loggers, callbacks
     if rank_zero_only.rank == 0:
         tracking.write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def resume_config(run_dir):
+    """The interrupted run's own config, continuing from its last checkpoint in its own directory."""
+    cfg = load_run_config(run_dir)
+    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise ConfigError(f"cannot resume '{run_dir}': it has no checkpoints/last.ckpt (it stopped before "
+                          f"the first epoch ended); start it again instead")
+    if (Path(run_dir) / "metrics.json").is_file():
+        raise ConfigError(f"'{run_dir}' already finished (metrics.json exists); nothing to resume")
+    set_value(cfg, "ckpt_path", str(last))
+    set_value(cfg, "paths.run_dir", str(Path(run_dir).resolve()))
+    return cfg
 
 
 def record_failure(cfg, error: BaseException) -> None:

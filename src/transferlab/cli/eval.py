@@ -8,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from transferlab import CONF_DIR, run
 from transferlab.cli import user_errors
-from transferlab.config import set_value
+from transferlab.config import check_targets, set_value
 from transferlab.errors import ConfigError
 from transferlab.models import read_checkpoint
 
@@ -20,6 +20,7 @@ def checkpoint_config(ckpt_path: str, cfg: DictConfig) -> DictConfig:
     if not saved:
         raise ConfigError(f"'{ckpt_path}' is not a transferlab checkpoint (it holds no run config); "
                           f"to start a run from foreign weights use tl-train model.checkpoint=...")
+    check_targets(saved, f"the config inside '{ckpt_path}'")
     run_cfg = OmegaConf.create(saved)
     for key, value in {"model.checkpoint": None, "model.pretrained": False, "source": None,
                        "paths.run_dir": cfg.paths.run_dir, "logger": cfg.logger,

@@ -7,6 +7,8 @@ sources one after another. Validation and test iterate every source once, in tas
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from omegaconf import OmegaConf
 from pytorch_lightning import LightningDataModule
@@ -14,6 +16,7 @@ from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
 from transferlab.data import create_splits
+from transferlab.data.features import FeatureSet, extract_features
 from transferlab.data.transforms import create_transform
 from transferlab.errors import ConfigError, DataError
 from transferlab.tasks import Task
@@ -52,16 +55,22 @@ def create_sources(data_cfg, tasks: list[Task]) -> dict[str, dict]:
 
 
 class TransferDataModule(LightningDataModule):
-    def __init__(self, sources: dict[str, dict], model_data_config: dict, loader_cfg, mode: str = "max_size_cycle"):
+    """``features_from``: a frozen backbone whose outputs are cached per split (no augmentation then);
+    loaders then yield features instead of images. ``store_dir`` keeps large caches on disk."""
+
+    def __init__(self, sources: dict[str, dict], model_data_config: dict, loader_cfg, mode: str = "max_size_cycle",
+                 features_from: torch.nn.Module | None = None, store_dir=None):
         super().__init__()
         self.sources, self.loader_cfg, self.mode = sources, loader_cfg, mode
+        self.features_from, self.store_dir = features_from, store_dir
         if mode not in ("max_size_cycle", "min_size", "max_size", "sequential"):
             raise ConfigError(f"unknown multitask.sampling '{mode}'; valid: max_size_cycle, min_size, max_size, sequential")
         self.datasets = {}
         for name, src in sources.items():
             cfg = src["cfg"]
             for split, ds in src["splits"].items():
-                tf = create_transform(model_data_config, cfg.augment, train=split == "train", input_size=cfg.get("input_size"))
+                augment = split == "train" and features_from is None
+                tf = create_transform(model_data_config, cfg.augment, train=augment, input_size=cfg.get("input_size"))
                 self.datasets[(name, split)] = Transformed(ds, tf)
 
     def _loader(self, source: str, split: str) -> DataLoader:
@@ -70,7 +79,14 @@ class TransferDataModule(LightningDataModule):
             raise ConfigError(f"data.batch_size={c.batch_size}; it must be a positive integer")
         workers = c.num_workers
         pin = torch.cuda.is_available() if c.get("pin_memory") is None else c.pin_memory
-        return DataLoader(self.datasets[(source, split)], batch_size=c.batch_size, shuffle=split == "train",
+        dataset = self.datasets[(source, split)]
+        if self.features_from is not None:
+            if not isinstance(dataset, FeatureSet):
+                store = self.store_dir and Path(self.store_dir) / f"{source.replace(':', '_')}_{split}.npy"
+                dataset = self.datasets[(source, split)] = extract_features(
+                    self.features_from, dataset, c.batch_size, workers, store)
+            workers, pin = 0, False  # features are already tensors in memory
+        return DataLoader(dataset, batch_size=c.batch_size, shuffle=split == "train",
                           num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
                           drop_last=False)
 

@@ -55,6 +55,12 @@ class Strategy(Callback):
         """True when no backbone parameter or statistic ever changes, so features can be cached."""
         return all(len(self.frozen_stages(e, num_stages)) == num_stages for e in range(max_epochs))
 
+    def caches_features(self, num_stages: int, max_epochs: int, augment: bool) -> bool:
+        """Cache when nothing in the backbone ever changes and, unless forced, no augmentation runs."""
+        if self.cache_features is False or not self.backbone_always_frozen(num_stages, max_epochs):
+            return False
+        return bool(self.cache_features) or not augment
+
     # --- applying it (Lightning hooks) -----------------------------------------------------------
     def apply(self, model, epoch: int) -> None:
         frozen = self.frozen_stages(epoch, model.num_stages)
