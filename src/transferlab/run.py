@@ -11,12 +11,13 @@ from functools import partial
 from pathlib import Path
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from timm.data import resolve_model_data_config
 
 from transferlab import tracking
+from transferlab.callbacks import CheckpointOnInterrupt, SampleCounter
 from transferlab.config import load_run_config, set_value, to_plain, validate
 from transferlab.data.datamodule import TransferDataModule, create_sources
 from transferlab.errors import ConfigError
@@ -28,16 +29,6 @@ from transferlab.strategies import create_strategy
 from transferlab.tasks import add_source_task, create_loss_weighting, create_tasks
 
 log = logging.getLogger(__name__)
-
-
-class SampleCounter(Callback):
-    """Counts training samples, for ``train_samples_per_second``."""
-
-    def __init__(self):
-        self.samples = 0
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.samples += sum(item[0].shape[0] for item in batch.values() if item is not None)
 
 
 def build(cfg, tasks=None):
@@ -104,9 +95,13 @@ def train(cfg, callbacks=()) -> dict:
 def _fit_and_test(cfg, run_dir, module, datamodule, strategy, loggers, callbacks) -> dict:
     tracking.log_config(loggers, to_plain(cfg))
     best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc", mode="max",
-                           save_last=True, auto_insert_metric_name=False)
+                           auto_insert_metric_name=False)
+    # Lightning's save_last only writes when a top-k checkpoint was saved; last.ckpt must be every epoch's.
+    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None,
+                           enable_version_counter=False)
     counter = SampleCounter()
-    trainer = create_trainer(cfg, run_dir, [strategy, best, counter, *callbacks], loggers)
+    trainer = create_trainer(cfg, run_dir, [strategy, best, last, counter, CheckpointOnInterrupt(run_dir), *callbacks],
+                             loggers)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     fit_seconds = time.perf_counter() - start

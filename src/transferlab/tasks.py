@@ -6,6 +6,7 @@ data source of its own (e.g. digits 0-4 as an auxiliary task next to few-shot di
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -44,14 +45,14 @@ def create_tasks(tasks_cfg: DictConfig | dict, monitor: str | None = None) -> li
         if unknown:
             raise ConfigError(f"task '{name}' has unknown keys {sorted(unknown)}; valid: label, num_classes, weight, data")
         weight = t.get("weight", 1.0)
-        if not isinstance(weight, (int, float)) or weight < 0:
-            raise ConfigError(f"task '{name}' has weight {weight!r}; loss weights must be numbers >= 0")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise ConfigError(f"task '{name}' has weight {weight!r}; loss weights must be finite numbers >= 0")
         tasks.append(Task(name=str(name), label=t.get("label", "label"), num_classes=t.get("num_classes"),
                           weight=float(weight), data=t.get("data") or {}))
     if all(t.weight == 0 for t in tasks):
         raise ConfigError(f"all task weights are zero ({', '.join(t.name for t in tasks)}): nothing would train")
     if monitor is not None and monitor not in {t.name for t in tasks}:
-        raise ConfigError(f"monitor_task '{monitor}' is not a declared task; declared: {', '.join(t.name for t in tasks)}")
+        raise ConfigError(f"multitask.monitor='{monitor}' is not a declared task; declared: {', '.join(t.name for t in tasks)}")
     return tasks
 
 
@@ -64,6 +65,9 @@ def add_source_task(cfg) -> None:
         return
     if not cfg.get("source") or not cfg.source.get("overrides"):
         raise ConfigError("multitask.source_task=true needs a source task (source=digits or source.overrides=[...])")
+    if cfg.tasks.get("source") is not None:
+        raise ConfigError("task 'source' is declared, but multitask.source_task=true adds the source task under that "
+                          "name; rename your task or set multitask.source_task=false")
     source_data = compose_config(list(cfg.source.overrides)).data
     set_value(cfg, "tasks.source", {"label": "label", "num_classes": None, "data": source_data,
                                     "weight": cfg.multitask.source_weight})

@@ -1,12 +1,14 @@
 """``tl-train [overrides]``: one run, or a sweep with ``-m``. No overrides = the default experiment."""
 from __future__ import annotations
 
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
-
 from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from transferlab import CONF_DIR, run
 from transferlab.cli import log, user_errors
@@ -25,6 +27,8 @@ def task(cfg: DictConfig) -> float | None:
     try:
         with user_errors(in_sweep=in_sweep):
             metrics = run.train(cfg)
+    except SIGTERMException:
+        sys.exit(143)  # stopped from outside (128 + SIGTERM); last.ckpt is saved, the sweep stops too
     except Exception as e:
         if not in_sweep:
             raise

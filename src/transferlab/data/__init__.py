@@ -16,6 +16,10 @@ def create_splits(cfg, label_column: str = "label") -> dict[str, LabeledImages]:
     if cfg.kind not in KINDS:
         raise ConfigError(f"unknown data.kind '{cfg.kind}'; valid: {', '.join(KINDS)}")
     splits = import_module(f"transferlab.data.{KINDS[cfg.kind]}").create(cfg)
+    columns = splits["train"].classes
+    if label_column not in columns:
+        raise ConfigError(f"label column '{label_column}' does not exist in data '{cfg.get('name', cfg.kind)}'; "
+                          f"its columns: {', '.join(columns)}")
     if cfg.get("classes") is not None:
         splits = {k: select_classes(v, label_column, list(cfg.classes)) for k, v in splits.items()}
     if cfg.get("train_per_class"):
