@@ -81,7 +81,8 @@ class TransferModule(LightningModule):
         x, labels = batch
         losses, logits = self._task_losses(self.sources[dataloader_idx], x, labels)
         for name, value in losses.items():
-            self.log(f"{self.prefix(split, name)}loss", value, batch_size=x.shape[0], add_dataloader_idx=False)
+            self.log(f"{self.prefix(split, name)}loss", value, batch_size=x.shape[0], add_dataloader_idx=False,
+                     sync_dist=True)
             task = next(t for t in self.tasks if t.name == name)
             self.metrics[f"{split}_{name}"].update(logits[name], labels[task.label])
 

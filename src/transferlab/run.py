@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
@@ -56,6 +57,10 @@ def build(cfg, tasks=None):
 
 def create_trainer(cfg, run_dir: Path, callbacks=(), loggers=()) -> pl.Trainer:
     kwargs = to_plain(cfg.trainer)
+    if "fsdp" in str(kwargs.get("strategy", "")) and (kwargs.get("accelerator") == "cpu" or not torch.cuda.is_available()):
+        raise ConfigError(f"trainer.strategy={kwargs['strategy']} shards the model across CUDA GPUs, and this run has "
+                          f"none (accelerator={kwargs.get('accelerator')}); on CPUs use trainer=ddp "
+                          f"trainer.accelerator=cpu, or trainer=cpu")
     try:
         return pl.Trainer(**kwargs, default_root_dir=str(run_dir), callbacks=list(callbacks),
                           logger=list(loggers) or False)
@@ -79,45 +84,41 @@ def train(cfg, callbacks=()) -> dict:
         set_value(cfg, "model.checkpoint", checkpoint)
     pl.seed_everything(cfg.seed, workers=True)
     module, datamodule, strategy = build(cfg)
-    if rank_zero_only.rank == 0:
-        tracking.write_yaml(run_dir / "config.yaml", to_plain(cfg))
-        tracking.write_json(run_dir / "env.json", tracking.environment())
-    loggers = tracking.create_loggers(cfg.logger, run_dir)
-    try:
-        metrics = _fit_and_test(cfg, run_dir, module, datamodule, strategy, loggers, callbacks)
-    except BaseException:
-        tracking.finish(loggers, "failed")
-        raise
-    tracking.finish(loggers)
-    return metrics
-
-
-def _fit_and_test(cfg, run_dir, module, datamodule, strategy, loggers, callbacks) -> dict:
-    tracking.log_config(loggers, to_plain(cfg))
     best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc", mode="max",
                            auto_insert_metric_name=False)
     # Lightning's save_last only writes when a top-k checkpoint was saved; last.ckpt must be every epoch's.
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None,
                            enable_version_counter=False)
     counter = SampleCounter()
-    trainer = create_trainer(cfg, run_dir, [strategy, best, last, counter, CheckpointOnInterrupt(run_dir), *callbacks],
-                             loggers)
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    fit_seconds = time.perf_counter() - start
-    trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
-    trainer.test(module, datamodule=datamodule, ckpt_path="best" if best.best_model_path else "last",
-                 verbose=False)
+    # The Trainer first: it settles this process's global rank, so only rank 0 writes files and W&B.
+    trainer = create_trainer(cfg, run_dir, [strategy, best, last, counter, CheckpointOnInterrupt(run_dir), *callbacks])
+    if trainer.is_global_zero:
+        tracking.write_yaml(run_dir / "config.yaml", to_plain(cfg))
+        tracking.write_json(run_dir / "env.json", tracking.environment())
+    trainer.loggers = loggers = tracking.create_loggers(cfg.logger, run_dir)
+    try:
+        tracking.log_config(loggers, to_plain(cfg))
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        fit_seconds = time.perf_counter() - start
+        samples = trainer.strategy.reduce(torch.tensor(float(counter.samples), device=module.device), reduce_op="sum")
+        trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
+        trainer.test(module, datamodule=datamodule, ckpt_path="best" if best.best_model_path else "last",
+                     verbose=False)
+    except BaseException:
+        tracking.finish(loggers, "failed")
+        raise
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     metrics.update({
         "val/acc_best": float(module.val_acc_best), "strategy": strategy.name, "model": cfg.model.name,
         "data": cfg.data.name, "seed": cfg.seed, "epochs": trainer.current_epoch,
         "trainable_params": trainable, "total_params": sum(p.numel() for p in module.model.parameters()),
-        "fit_seconds": round(fit_seconds, 3), "train_samples_per_second": round(counter.samples / fit_seconds, 2),
+        "fit_seconds": round(fit_seconds, 3), "train_samples_per_second": round(float(samples) / fit_seconds, 2),
         "best_checkpoint": best.best_model_path or None,
     })
-    if rank_zero_only.rank == 0:
+    if trainer.is_global_zero:
         tracking.write_json(run_dir / "metrics.json", metrics)
+    tracking.finish(loggers)
     return metrics
 
 
@@ -151,16 +152,16 @@ def evaluate(cfg, ckpt_path: str, run_dir: Path) -> dict:
     if [k for k in missing if not k.startswith("metrics.")] or unexpected:
         raise ConfigError(f"checkpoint '{ckpt_path}' does not fit the model built from its config "
                           f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
-    loggers = tracking.create_loggers(cfg.logger, run_dir)
+    trainer = create_trainer(cfg, run_dir)
+    trainer.loggers = loggers = tracking.create_loggers(cfg.logger, run_dir)
     try:
-        trainer = create_trainer(cfg, run_dir, loggers=loggers)
         trainer.test(module, datamodule=datamodule, verbose=False)
     except BaseException:
         tracking.finish(loggers, "failed")
         raise
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     metrics.update({"checkpoint": str(ckpt_path), "model": cfg.model.name, "data": cfg.data.name})
-    if rank_zero_only.rank == 0:
+    if trainer.is_global_zero:
         tracking.write_json(run_dir / "metrics.json", metrics)
     tracking.finish(loggers)
     return metrics

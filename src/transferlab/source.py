@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from omegaconf import OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
 
 from transferlab.config import compose_config, set_value, to_plain
 
@@ -31,6 +32,16 @@ def source_config(cfg):
     return src, run_dir
 
 
+def _as_rank_zero(fn, *args):
+    """The source run is a single-process run even when this process is rank 1 of a larger job."""
+    rank = rank_zero_only.rank
+    rank_zero_only.rank = 0
+    try:
+        return fn(*args)
+    finally:
+        rank_zero_only.rank = rank
+
+
 def prepare_source(cfg, train_fn) -> str | None:
     """The checkpoint to start from: the cached source run's best, trained now if it is missing."""
     if not cfg.get("source") or not cfg.source.get("overrides"):
@@ -45,7 +56,7 @@ def prepare_source(cfg, train_fn) -> str | None:
         if not (run_dir / "metrics.json").is_file():
             log.info("training the source model (%s) into %s; later runs reuse it",
                      " ".join(cfg.source.overrides), run_dir)
-            train_fn(src)
+            _as_rank_zero(train_fn, src)
         else:
             log.info("reusing the cached source model in %s", run_dir)
     best = json.loads((run_dir / "metrics.json").read_text()).get("best_checkpoint")

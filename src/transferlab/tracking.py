@@ -127,7 +127,10 @@ def _wandb_or_offline(logger, spec, run_dir):
     except Exception as e:  # noqa: BLE001 - wandb raises many kinds when the network is down
         log.warning("W&B could not start in mode %s (%s); logging offline to %s/wandb instead; "
                     "upload later with `wandb sync`", os.environ.get("WANDB_MODE"), str(e).splitlines()[0], run_dir)
+        import wandb
+
         os.environ["WANDB_MODE"] = "offline"
+        wandb.teardown()  # wandb keeps the failed mode in its process-wide settings otherwise
         return instantiate(spec, save_dir=str(run_dir), offline=True)
 
 

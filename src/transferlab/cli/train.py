@@ -24,6 +24,9 @@ def _summary(metrics: dict, run_dir) -> str:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def task(cfg: DictConfig) -> float | None:
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    if in_sweep and not any(a.startswith("hydra.sweep.dir=") for a in sys.argv):
+        # Lightning's DDP launcher re-runs this command line for the other ranks: keep their sweep dir ours.
+        sys.argv.append(f'hydra.sweep.dir="{HydraConfig.get().sweep.dir}"')
     try:
         with user_errors(in_sweep=in_sweep):
             metrics = run.train(cfg)

@@ -58,6 +58,10 @@ def log_to_wandb(report: Report, config: DictConfig) -> None:
 
 class ReportCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from pytorch_lightning.utilities import rank_zero_only
+
+        if rank_zero_only.rank != 0:  # a DDP sweep re-runs the sweep in every rank; rank 0 reports
+            return
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             report = write_report([sweep_dir])
