@@ -39,3 +39,39 @@ class CheckpointOnInterrupt(Callback):
         if trainer.is_global_zero:
             print(f"interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}; saved {path}\n"
                   f"resume with: tl-train resume={self.run_dir}", file=sys.stderr, flush=True)
+
+
+class RandomState(Callback):
+    """Saves the python, numpy and torch random generators in every checkpoint and restores them on
+    resume, so a resumed run shuffles and augments as the uninterrupted run would have.
+
+    Stored as tensors and lists only, so checkpoints still load with ``weights_only=True``.
+    """
+
+    def state_dict(self) -> dict:
+        import random
+
+        import numpy as np
+        import torch
+
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state = {"python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+                 "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+                 "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        import random
+
+        import numpy as np
+        import torch
+
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])

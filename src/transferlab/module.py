@@ -37,10 +37,12 @@ class TransferModule(LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer_factory, scheduler_factory
         self.monitor_task = monitor_task or tasks[0].name
         self.inputs_are_features = False  # set when the datamodule serves cached backbone features
+        self.channels_last = bool((config or {}).get("model", {}).get("channels_last"))
         self.sources = list(dict.fromkeys(t.source for t in tasks))
         self.metrics = torch.nn.ModuleDict({f"{split}_{t.name}": _metrics(t.num_classes)
                                             for split in ("val", "test") for t in tasks})
         self.register_buffer("val_acc_best", torch.tensor(float("-inf")))
+        self.first_bad = torch.tensor([-1.0, 0.0])  # (step, loss) of the first non-finite loss
         # A plain dict (no OmegaConf objects) so checkpoints load with weights_only=True.
         self.save_hyperparameters({"config": config or {}, "tasks": [
             {"name": t.name, "label": t.label, "num_classes": t.num_classes, "class_names": t.class_names}
@@ -56,7 +58,12 @@ class TransferModule(LightningModule):
         tasks = [t for t in self.tasks if t.source == source and (only is None or t.name in only)]
         if not tasks:
             return {}, {}
-        features = x if self.inputs_are_features else self.model.backbone(x)
+        if self.inputs_are_features:
+            features = x
+        else:
+            if self.channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            features = self.model.backbone(x)
         logits = {t.name: self.model.heads[t.name](features) for t in tasks}
         losses = {t.name: F.cross_entropy(logits[t.name], labels[t.label]) for t in tasks}
         return losses, logits
@@ -67,15 +74,27 @@ class TransferModule(LightningModule):
             if item is not None:  # CombinedLoader's max_size mode pads exhausted sources with None
                 losses.update(self._task_losses(source, *item, only=self.loss_weighting.active)[0])
         loss = self.loss_weighting(losses)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}, "
-                                f"batch {batch_idx}); lower optimizer.lr, check the data, or use trainer.gradient_clip_val")
+        self._check_finite(loss, batch_idx)
         batch_size = next(item[0].shape[0] for item in batch.values() if item is not None)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         if len(self.tasks) > 1:
             for name, value in losses.items():
                 self.log(f"train/{name}/loss", value, batch_size=batch_size)
         return loss
+
+    def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Stop at a NaN/inf loss, naming the first bad step. The flag is kept on the device and read
+        every step on CPU but only every ``log_every_n_steps`` on a GPU, so training does not wait
+        for a device sync each step."""
+        first = (~torch.isfinite(loss.detach())) & (self.first_bad[0] < 0)
+        self.first_bad = torch.where(first, torch.stack([torch.tensor(float(self.global_step), device=loss.device),
+                                                         loss.detach().float()]), self.first_bad.to(loss.device))
+        if loss.device.type != "cpu" and (self.global_step + 1) % max(1, self.trainer.log_every_n_steps):
+            return
+        step, value = self.first_bad.tolist()
+        if step >= 0:
+            raise TrainingError(f"loss became {value} at step {int(step)} (epoch {self.current_epoch}); "
+                                f"lower optimizer.lr, check the data, or set trainer.gradient_clip_val")
 
     def _eval_step(self, split: str, batch, dataloader_idx: int):
         x, labels = batch
@@ -114,6 +133,11 @@ class TransferModule(LightningModule):
         if len(self.tasks) > 1:
             for name, w in self.loss_weighting.effective_weights().items():
                 self.log(f"train/{name}/loss_weight", w)
+
+    def configure_model(self):
+        """``model.compile=true``: compile the backbone in place (state-dict keys stay the same)."""
+        if (self.hparams.config or {}).get("model", {}).get("compile"):
+            self.model.backbone.compile()
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.model, extra=list(self.loss_weighting.parameters()))

@@ -18,7 +18,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from timm.data import resolve_model_data_config
 
 from transferlab import tracking
-from transferlab.callbacks import CheckpointOnInterrupt, SampleCounter
+from transferlab.callbacks import CheckpointOnInterrupt, RandomState, SampleCounter
 from transferlab.config import load_run_config, set_value, to_plain, validate
 from transferlab.data.datamodule import TransferDataModule, create_sources
 from transferlab.errors import ConfigError
@@ -91,7 +91,8 @@ def train(cfg, callbacks=()) -> dict:
                            enable_version_counter=False)
     counter = SampleCounter()
     # The Trainer first: it settles this process's global rank, so only rank 0 writes files and W&B.
-    trainer = create_trainer(cfg, run_dir, [strategy, best, last, counter, CheckpointOnInterrupt(run_dir), *callbacks])
+    trainer = create_trainer(cfg, run_dir, [strategy, best, last, counter, RandomState(), CheckpointOnInterrupt(run_dir),
+                                             *callbacks])
     if trainer.is_global_zero:
         tracking.write_yaml(run_dir / "config.yaml", to_plain(cfg))
         tracking.write_json(run_dir / "env.json", tracking.environment())

@@ -97,7 +97,8 @@ def environment() -> dict:
         "platform": platform.platform(),
         "packages": versions,
         "device": {"cuda": cuda, "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-                   "cpu_count": os.cpu_count(), "torch_cuda": torch.version.cuda},
+                   "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                   "torch_cuda": torch.version.cuda},
         "argv": sys.argv,
     }
 

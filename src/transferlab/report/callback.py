@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transferlab.errors import TransferlabError
 from transferlab.report import Report, write_report
@@ -57,6 +57,22 @@ def log_to_wandb(report: Report, config: DictConfig) -> None:
 
 
 class ReportCallback(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        """One sweep, one name: ``experiment_name`` defaults to ``<data>_<strategy>``, which would split a
+        sweep over strategies into several folders and W&B groups. Pin it for every job of the sweep
+        unless the user named it."""
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        keys = [o.key_or_group for o in parsed]
+        swept = [o.key_or_group.split(".")[0] for o in parsed if o.is_sweep_override()]
+        if "experiment_name" in keys or not {"data", "strategy"} & set(swept):
+            return
+        name = f"{config.data.name}_sweep"
+        with open_dict(config):
+            config.hydra.overrides.task.append(f"experiment_name={name}")
+            config.experiment_name = name
+
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from pytorch_lightning.utilities import rank_zero_only
 
