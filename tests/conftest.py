@@ -6,7 +6,10 @@ import os
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -21,6 +24,30 @@ FAST = ["trainer.max_epochs=3", "trainer.enable_progress_bar=false", "logger=csv
 # network or ~/.cache. Set at import, before timm / huggingface_hub read their environment.
 os.environ.update(TRANSFERLAB_CACHE=tempfile.mkdtemp(prefix="transferlab-cache-"), WANDB_MODE="offline",
                   WANDB_SILENT="true", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+
+
+# One intra-op thread: on 2 busy cores tiny runs are many times faster, and both runs of a comparison
+# must use the same thread count (float sums may differ between counts).
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # for subprocesses
+
+
+@contextmanager
+def torch_threads(n: int):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """In-process runs of a module train with one thread, like the subprocesses."""
+    with torch_threads(1):
+        yield
 
 
 def compose(*overrides, run_dir: Path | None = None):

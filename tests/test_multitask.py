@@ -32,13 +32,7 @@ EPOCHS = 2
 METRICS = ("acc", "f1", "precision", "recall")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on 2 shared cores these tiny runs are many times faster that way."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

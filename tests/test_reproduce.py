@@ -13,38 +13,13 @@ import shutil
 import signal
 import subprocess
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, FAST, cli, run_dirs, train
+from conftest import BIN, FAST, ONE_THREAD, cli, run_dirs, torch_threads, train
 
 from transferlab.cli.reproduce import COMPARED
-
-# One intra-op thread in every subprocess: on 2 busy cores it is 10x faster, and both runs of a
-# comparison must use the same thread count (float sums may differ between counts).
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
-@contextmanager
-def torch_threads(n: int):
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def one_torch_thread():
-    """In-process runs train with one thread, like the subprocesses."""
-    with torch_threads(1):
-        yield
-
 
 @pytest.fixture(scope="module")
 def original(tmp_path_factory) -> Path:

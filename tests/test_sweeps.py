@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, FAST, REPO, cli, compose
+from conftest import BIN, FAST, ONE_THREAD, REPO, cli, compose
 from wandb_reader import metric, read_run
 
 # Subprocess jobs train with one intra-op thread: on 2 busy cores, 2 threads make these tiny runs
 # 10x slower (measured 0.6 s vs 8 s of fit time) and change no number a test compares.
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 EPOCHS = 3  # trainer.max_epochs in conftest.FAST
 
 

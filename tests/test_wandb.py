@@ -17,16 +17,7 @@ from wandb_reader import WandbFileError, metric, read_records, read_run
 EPOCHS = 3  # trainer.max_epochs in conftest.FAST
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Train with one intra-op thread here: on 2 cores, 2 threads beside any other busy process make
-    these tiny runs 10-50x slower (measured: 1 s vs 30 s a run); W&B logging does not depend on it."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
