@@ -17,7 +17,7 @@ def create_splits(cfg, label_column: str = "label") -> dict[str, LabeledImages]:
         raise ConfigError(f"unknown data.kind '{cfg.kind}'; valid: {', '.join(KINDS)}")
     splits = import_module(f"transferlab.data.{KINDS[cfg.kind]}").create(cfg)
     columns = splits["train"].classes
-    if label_column not in columns:
+    if (cfg.get("classes") is not None or cfg.get("train_per_class")) and label_column not in columns:
         raise ConfigError(f"label column '{label_column}' does not exist in data '{cfg.get('name', cfg.kind)}'; "
                           f"its columns: {', '.join(columns)}")
     if cfg.get("classes") is not None:
