@@ -83,8 +83,10 @@ class TransferDataModule(LightningDataModule):
         if self.features_from is not None:
             if not isinstance(dataset, FeatureSet):
                 store = self.store_dir and Path(self.store_dir) / f"{source.replace(':', '_')}_{split}.npy"
+                trainer = self.trainer
                 dataset = self.datasets[(source, split)] = extract_features(
-                    self.features_from, dataset, c.batch_size, workers, store)
+                    self.features_from, dataset, c.batch_size, workers, store,
+                    autocast=trainer.precision_plugin.forward_context() if trainer is not None else None)
             workers, pin = 0, False  # features are already tensors in memory
         return DataLoader(dataset, batch_size=c.batch_size, shuffle=split == "train",
                           num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,

@@ -28,12 +28,15 @@ class FeatureSet(Dataset):
         return self.features[i], {k: v[i] for k, v in self.labels.items()}
 
 
-@torch.no_grad()
 def extract_features(backbone: torch.nn.Module, dataset, batch_size: int, num_workers: int,
-                     store: Path | None = None, max_memory_gb: float = 2.0) -> FeatureSet:
+                     store: Path | None = None, max_memory_gb: float = 2.0, autocast=None) -> FeatureSet:
+    """``autocast``: the trainer's precision context, so features match what the uncached run computes.
+    No activations are kept, so batches are twice the training size."""
+    from contextlib import nullcontext
+
     # Leave the global RNG as it was, so cached training shuffles exactly like uncached training.
-    with torch.random.fork_rng(devices=[]):
-        return _extract(backbone, dataset, batch_size, num_workers, store, max_memory_gb)
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), (autocast or nullcontext()):
+        return _extract(backbone, dataset, 2 * batch_size, num_workers, store, max_memory_gb)
 
 
 def _extract(backbone, dataset, batch_size, num_workers, store, max_memory_gb) -> FeatureSet:
