@@ -15,11 +15,20 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from transferlab import CONF_DIR
 from transferlab.errors import ConfigError
 
-# `${tl.or:a,b}`: a unless it is null/empty, else b (e.g. resume into the old run directory).
-OmegaConf.register_new_resolver("tl.or", lambda a, b: a if a else b, replace=True)
+def _resume_dir(resume, default):
+    """Hydra's run dir: a resumed run continues in its own directory, if that is a run directory."""
+    from pathlib import Path
 
-# Modules whose classes a saved config may instantiate (tl-train resume=, tl-reproduce, tl-eval).
-ALLOWED_TARGETS = ("transferlab.", "torch.", "timm.", "torchvision.", "pytorch_lightning.", "lightning.")
+    return resume if resume and (Path(str(resume)) / "config.yaml").is_file() else default
+
+
+OmegaConf.register_new_resolver("tl.resume_dir", _resume_dir, replace=True)
+
+# What a saved config may instantiate (tl-train resume=, tl-reproduce, tl-eval): classes of these
+# packages only. Not whole libraries: `torch.load` or `torch.hub.load` would run a stranger's code.
+ALLOWED_TARGETS = ("transferlab.", "pytorch_lightning.loggers.", "pytorch_lightning.callbacks.",
+                   "lightning.pytorch.loggers.", "lightning.pytorch.callbacks.", "torch.optim.",
+                   "torchvision.transforms.", "timm.data.", "timm.optim.", "timm.scheduler.")
 
 
 @contextmanager
@@ -66,6 +75,7 @@ SCHEMA = {
     "trainer.max_epochs": (_positive_int, "a positive integer"),
     "model.drop_rate": (lambda v: _non_negative_number(v) and v < 1, "a number in [0, 1)"),
     "model.name": (lambda v: isinstance(v, str) and v != "", "a timm model name"),
+    "scheduler.warmup_epochs": (_non_negative_number, "a number >= 0"),
 }
 
 

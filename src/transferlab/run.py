@@ -45,7 +45,7 @@ def build(cfg, tasks=None):
         optimizer_factory=partial(create_optimizer, cfg=cfg.optimizer,
                                   stage_lr_scale=partial(strategy.lr_scale, num_stages=model.num_stages)),
         scheduler_factory=partial(create_scheduler, cfg=cfg.scheduler),
-        monitor_task=cfg.multitask.get("monitor"), config=to_plain(cfg))
+        monitor_task=cfg.multitask.get("monitor"), config=tracking.scrub(to_plain(cfg)))
     augment = any(src["cfg"].augment.enabled for src in sources.values())
     cache = strategy.caches_features(model.num_stages, cfg.trainer.max_epochs, augment)
     module.inputs_are_features = cache
@@ -64,8 +64,10 @@ def create_trainer(cfg, run_dir: Path, callbacks=(), loggers=()) -> pl.Trainer:
     try:
         return pl.Trainer(**kwargs, default_root_dir=str(run_dir), callbacks=list(callbacks),
                           logger=list(loggers) or False)
-    except (TypeError, ValueError, MisconfigurationException) as e:  # Lightning's own checks of its arguments
-        raise ConfigError(f"trainer config is not valid: {e}") from None
+    except (TypeError, ValueError, ImportError, MisconfigurationException) as e:  # Lightning's checks
+        chosen = ", ".join(f"trainer.{k}={kwargs.get(k)}" for k in ("accelerator", "devices", "strategy", "precision")
+                           if k in kwargs)
+        raise ConfigError(f"trainer config is not valid ({chosen}): {str(e).splitlines()[0]}") from None
 
 
 def train(cfg, callbacks=()) -> dict:

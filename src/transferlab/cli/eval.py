@@ -38,6 +38,8 @@ def checkpoint_config(ckpt_path: str, cfg: DictConfig) -> DictConfig:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
 def task(cfg: DictConfig) -> None:
     with user_errors():
+        if OmegaConf.is_missing(cfg, "ckpt_path"):
+            raise ConfigError("ckpt_path is required: tl-eval ckpt_path=PATH/TO/checkpoints/best.ckpt [data=...]")
         metrics = run.evaluate(checkpoint_config(cfg.ckpt_path, cfg), cfg.ckpt_path, Path(cfg.paths.run_dir))
     print(f"run directory: {cfg.paths.run_dir}")
     print("  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if isinstance(v, float)))

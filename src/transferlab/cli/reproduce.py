@@ -18,11 +18,18 @@ from transferlab.errors import ConfigError
 COMPARED = ("test/acc", "test/f1", "test/precision", "test/recall", "val/acc_best")
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"'{path}' is not readable JSON ({e}); the run directory is damaged") from None
+
+
 def _check_version(run_dir: Path, allow: bool) -> None:
     from transferlab.tracking import git_state
 
     env_file = run_dir / "env.json"
-    then = json.loads(env_file.read_text()).get("git", {}) if env_file.is_file() else {}
+    then = _read_json(env_file).get("git", {}) if env_file.is_file() else {}
     now = git_state(Path(__file__).resolve().parent)
     if then.get("commit") != now.get("commit") and not allow:
         raise ConfigError(f"'{run_dir}' was made by code version {then.get('commit') or 'unknown'}, this is "
@@ -39,7 +46,7 @@ def reproduce(run_dir: Path, out: Path | None, allow_version_change: bool, toler
     if not metrics_file.is_file():
         raise ConfigError(f"'{run_dir}' has no metrics.json: it never finished, so there is nothing to compare "
                           f"(resume it with tl-train resume={run_dir})")
-    old = json.loads(metrics_file.read_text())
+    old = _read_json(metrics_file)
     _check_version(run_dir, allow_version_change)
     out = out or run_dir.parent / f"{run_dir.name}-reproduced-{time.strftime('%Y%m%d-%H%M%S')}"
     for key, value in {"paths.run_dir": str(out), "ckpt_path": None, "resume": None}.items():
@@ -47,7 +54,7 @@ def reproduce(run_dir: Path, out: Path | None, allow_version_change: bool, toler
     if cfg.model.get("checkpoint") and not Path(cfg.model.checkpoint).is_file() and cfg.source.get("overrides"):
         set_value(cfg, "model.checkpoint", None)  # the cached source run is gone: train it again
     if tolerance is None:  # CPU runs are deterministic here; GPU kernels may not be
-        env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").is_file() else {}
+        env = _read_json(run_dir / "env.json") if (run_dir / "env.json").is_file() else {}
         on_gpu = env.get("device", {}).get("cuda", True) and cfg.trainer.accelerator != "cpu"
         tolerance = 0.01 if on_gpu else 0.0
     new = run.train(cfg)
