@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -95,12 +96,13 @@ def train(cfg, callbacks=()) -> dict:
     # The Trainer first: it settles this process's global rank, so only rank 0 writes files and W&B.
     trainer = create_trainer(cfg, run_dir, [strategy, best, last, counter, RandomState(), CheckpointOnInterrupt(run_dir),
                                              *callbacks])
+    config = to_plain(cfg)
     if trainer.is_global_zero:
-        tracking.write_yaml(run_dir / "config.yaml", to_plain(cfg))
+        tracking.write_yaml(run_dir / "config.yaml", config)
         tracking.write_json(run_dir / "env.json", tracking.environment())
     trainer.loggers = loggers = tracking.create_loggers(cfg.logger, run_dir)
-    try:
-        tracking.log_config(loggers, to_plain(cfg))
+    with _finishing(loggers):
+        tracking.log_config(loggers, config)
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         fit_seconds = time.perf_counter() - start
@@ -108,21 +110,32 @@ def train(cfg, callbacks=()) -> dict:
         trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
         trainer.test(module, datamodule=datamodule, ckpt_path="best" if best.best_model_path else "last",
                      verbose=False)
+        metrics = _test_metrics(trainer)
+        metrics.update({
+            "val/acc_best": float(module.val_acc_best), "strategy": strategy.name, "model": cfg.model.name,
+            "data": cfg.data.name, "seed": cfg.seed, "epochs": trainer.current_epoch,
+            "trainable_params": trainable, "total_params": sum(p.numel() for p in module.model.parameters()),
+            "fit_seconds": round(fit_seconds, 3), "train_samples_per_second": round(float(samples) / fit_seconds, 2),
+            "best_checkpoint": best.best_model_path or None,
+        })
+        if trainer.is_global_zero:
+            tracking.write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+@contextmanager
+def _finishing(loggers):
+    """Every logger's run ends, failed or not, so the next job of a sweep starts a W&B run of its own."""
+    try:
+        yield
     except BaseException:
         tracking.finish(loggers, "failed")
         raise
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    metrics.update({
-        "val/acc_best": float(module.val_acc_best), "strategy": strategy.name, "model": cfg.model.name,
-        "data": cfg.data.name, "seed": cfg.seed, "epochs": trainer.current_epoch,
-        "trainable_params": trainable, "total_params": sum(p.numel() for p in module.model.parameters()),
-        "fit_seconds": round(fit_seconds, 3), "train_samples_per_second": round(float(samples) / fit_seconds, 2),
-        "best_checkpoint": best.best_model_path or None,
-    })
-    if trainer.is_global_zero:
-        tracking.write_json(run_dir / "metrics.json", metrics)
     tracking.finish(loggers)
-    return metrics
+
+
+def _test_metrics(trainer) -> dict:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
 
 
 def resume_config(run_dir):
@@ -157,15 +170,10 @@ def evaluate(cfg, ckpt_path: str, run_dir: Path) -> dict:
                           f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
     trainer = create_trainer(cfg, run_dir)
     trainer.loggers = loggers = tracking.create_loggers(cfg.logger, run_dir)
-    try:
+    with _finishing(loggers):
         trainer.test(module, datamodule=datamodule, verbose=False)
-    except BaseException:
-        tracking.finish(loggers, "failed")
-        raise
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    metrics.update({"checkpoint": str(ckpt_path), "model": cfg.model.name, "data": cfg.data.name})
-    if trainer.is_global_zero:
-        tracking.write_json(run_dir / "metrics.json", metrics)
-    tracking.finish(loggers)
+        metrics = _test_metrics(trainer)
+        metrics.update({"checkpoint": str(ckpt_path), "model": cfg.model.name, "data": cfg.data.name})
+        if trainer.is_global_zero:
+            tracking.write_json(run_dir / "metrics.json", metrics)
     return metrics
-
