@@ -1,6 +1,8 @@
 """What every dataset kind returns: images with one or more integer label columns, split three ways."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
@@ -30,6 +32,22 @@ class LabeledImages(Dataset):
         """How to name item i in an error message (a file path where there is one)."""
         return f"item {i}"
 
+    def content_key(self) -> str | None:
+        """What identifies the underlying images, for features shared across runs; None = cannot tell
+        cheaply (then nothing is shared). Default: the digest of an in-memory ``images`` array."""
+        images = getattr(self, "images", None)
+        return None if images is None else digest(np.ascontiguousarray(images))
+
+    def fingerprint(self) -> str | None:
+        """The images and labels of this view: content, positions and (renumbered) label columns."""
+        content = self.content_key()
+        if content is None:
+            return None
+        parts = [content.encode(), self.indices.tobytes()]
+        for column in sorted(self.targets):
+            parts += [column.encode(), self.targets[column][self.indices].tobytes()]
+        return digest(*parts)
+
     def __len__(self) -> int:
         return len(self.indices)
 
@@ -55,6 +73,13 @@ class LabeledImages(Dataset):
         if column not in self.targets:
             raise DataError(f"label column '{column}' does not exist; this dataset has: {', '.join(self.targets)}")
         return self.targets[column][self.indices]
+
+
+def digest(*parts) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    return h.hexdigest()
 
 
 def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
 from transferlab.data import create_splits
-from transferlab.data.features import FeatureSet, extract_features
+from transferlab.data.features import FeatureSet, as_batch, cached_features
 from transferlab.data.transforms import create_transform
 from transferlab.errors import ConfigError, DataError
 from transferlab.tasks import Task
@@ -56,13 +56,14 @@ def create_sources(data_cfg, tasks: list[Task]) -> dict[str, dict]:
 
 class TransferDataModule(LightningDataModule):
     """``features_from``: a frozen backbone whose outputs are cached per split (no augmentation then);
-    loaders then yield features instead of images. ``store_dir`` keeps large caches on disk."""
+    loaders then yield features instead of images. ``feature_cache`` shares them across runs;
+    without it, ``store_dir`` keeps large ones on disk for this run."""
 
     def __init__(self, sources: dict[str, dict], model_data_config: dict, loader_cfg, mode: str = "max_size_cycle",
-                 features_from: torch.nn.Module | None = None, store_dir=None):
+                 features_from: torch.nn.Module | None = None, store_dir=None, feature_cache=None):
         super().__init__()
         self.sources, self.loader_cfg, self.mode = sources, loader_cfg, mode
-        self.features_from, self.store_dir = features_from, store_dir
+        self.features_from, self.store_dir, self.feature_cache = features_from, store_dir, feature_cache
         if mode not in ("max_size_cycle", "min_size", "max_size", "sequential"):
             raise ConfigError(f"unknown multitask.sampling '{mode}'; valid: max_size_cycle, min_size, max_size, sequential")
         self.datasets = {}
@@ -79,16 +80,18 @@ class TransferDataModule(LightningDataModule):
             raise ConfigError(f"data.batch_size={c.batch_size}; it must be a positive integer")
         workers = c.num_workers
         pin = torch.cuda.is_available() if c.get("pin_memory") is None else c.pin_memory
-        dataset = self.datasets[(source, split)]
+        dataset, collate = self.datasets[(source, split)], None
         if self.features_from is not None:
             if not isinstance(dataset, FeatureSet):
                 store = self.store_dir and Path(self.store_dir) / f"{source.replace(':', '_')}_{split}.npy"
                 trainer = self.trainer
-                dataset = self.datasets[(source, split)] = extract_features(
-                    self.features_from, dataset, c.batch_size, workers, store,
+                dataset = self.datasets[(source, split)] = cached_features(
+                    self.features_from, dataset, c.batch_size, workers, store=store,
+                    cache_dir=self.feature_cache and Path(self.feature_cache),
+                    precision=str(trainer.precision) if trainer is not None else "32-true",
                     autocast=trainer.precision_plugin.forward_context() if trainer is not None else None)
-            workers, pin = 0, False  # features are already tensors in memory
-        return DataLoader(dataset, batch_size=c.batch_size, shuffle=split == "train",
+            workers, pin, collate = 0, False, as_batch  # features are already tensors in memory
+        return DataLoader(dataset, batch_size=c.batch_size, shuffle=split == "train", collate_fn=collate,
                           num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
                           drop_last=False)
 

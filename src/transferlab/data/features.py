@@ -1,13 +1,26 @@
 """Cached backbone features for a backbone that never changes (linear probing without augmentation).
 
 The backbone runs once over each split instead of every epoch; the head then trains on the stored
-features. Features stay in memory, or in a memory-mapped file under the run directory when they
-would exceed ``max_memory_gb``. Extraction happens on the first request of a split's loader, i.e.
-inside ``trainer.fit`` / ``trainer.test``, so its cost shows up in ``fit_seconds``.
+features. Extraction happens on the first request of a split's loader, i.e. inside ``trainer.fit`` /
+``trainer.test``, so its cost shows up in ``fit_seconds``.
+
+Features are also shared across runs: a linear probe is swept over seeds, learning rates and epochs
+on one backbone, and every job of such a sweep would otherwise pay the same extraction. The key is a
+hash of what determines the features (the backbone's weights and structure, the images, the
+transform, the precision), so a hit can only return what extraction would compute. Entries are
+published by an atomic rename, so concurrent jobs never read a half-written one. Without a shared
+cache (or for data that cannot be fingerprinted cheaply) features stay in memory, or in a
+memory-mapped file under the run directory when they would exceed ``max_memory_gb``.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import shutil
+import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +29,13 @@ from torch.utils.data import DataLoader, Dataset
 
 log = logging.getLogger(__name__)
 
+FORMAT = 1  # bump when what is stored changes
+
 
 class FeatureSet(Dataset):
+    """Whole batches are gathered by one indexing op (``__getitems__``), not sample by sample and
+    collated: with the backbone gone, per-sample Python would be most of an epoch."""
+
     def __init__(self, features: torch.Tensor, labels: dict[str, torch.Tensor]):
         self.features, self.labels = features, labels
 
@@ -27,19 +45,98 @@ class FeatureSet(Dataset):
     def __getitem__(self, i):
         return self.features[i], {k: v[i] for k, v in self.labels.items()}
 
+    def __getitems__(self, indices):
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.features[idx], {k: v[idx] for k, v in self.labels.items()}
 
-def extract_features(backbone: torch.nn.Module, dataset, batch_size: int, num_workers: int,
-                     store: Path | None = None, max_memory_gb: float = 2.0, autocast=None) -> FeatureSet:
-    """``autocast``: the trainer's precision context, so features match what the uncached run computes.
-    No activations are kept, so batches are twice the training size."""
-    from contextlib import nullcontext
 
+def as_batch(batch):
+    """collate_fn for a FeatureSet: ``__getitems__`` already returned the batch."""
+    return batch
+
+
+def cached_features(backbone: torch.nn.Module, dataset, batch_size: int, num_workers: int, *,
+                    cache_dir: Path | None = None, store: Path | None = None, precision: str = "32-true",
+                    autocast=None, max_memory_gb: float = 2.0) -> FeatureSet:
+    """The backbone's features of ``dataset`` (a ``Transformed`` view): from the shared cache under
+    ``cache_dir`` when an earlier run extracted them, else extracted (and published there).
+
+    ``autocast``: the trainer's precision context, so features match what the uncached run computes.
+    No activations are kept, so GPU batches are twice the training size (on a CPU, larger batches
+    only spill out of cache and run slower)."""
+    key = feature_key(backbone, dataset, precision) if cache_dir is not None else None
+    if key is not None:
+        hit = _load(Path(cache_dir) / key, len(dataset), max_memory_gb)
+        if hit is not None:
+            log.info("reused %d cached backbone features from %s", len(dataset), Path(cache_dir) / key)
+            return hit
+    if next(backbone.parameters()).is_cuda:
+        batch_size *= 2
     # Leave the global RNG as it was, so cached training shuffles exactly like uncached training.
     with torch.random.fork_rng(devices=[]), torch.no_grad(), (autocast or nullcontext()):
-        return _extract(backbone, dataset, 2 * batch_size, num_workers, store, max_memory_gb)
+        if key is None:
+            return _extract(backbone, dataset, batch_size, num_workers, store, max_memory_gb)
+        return _extract_into_cache(backbone, dataset, batch_size, num_workers, Path(cache_dir), key, max_memory_gb)
 
 
-def _extract(backbone, dataset, batch_size, num_workers, store, max_memory_gb) -> FeatureSet:
+def feature_key(backbone: torch.nn.Module, dataset, precision: str) -> str | None:
+    """A digest of everything the features depend on, or None when the images cannot be identified."""
+    content = dataset.base.fingerprint() if hasattr(dataset, "base") else None
+    if content is None:
+        return None
+    h = hashlib.sha256(f"{FORMAT}|{torch.__version__}|{precision}|{content}|{dataset.transform!r}|".encode())
+    h.update(repr(backbone).encode())  # structure, incl. what weights do not show (pooling, dropout kind)
+    for name, value in backbone.state_dict().items():
+        h.update(name.encode())
+        h.update(str(value.dtype).encode() + str(tuple(value.shape)).encode())
+        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return h.hexdigest()[:32]
+
+
+def _load(entry: Path, length: int, max_memory_gb: float) -> FeatureSet | None:
+    if not entry.exists():
+        return None
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        if meta.get("format") != FORMAT or meta.get("length") != length:
+            raise ValueError(f"stale entry {meta}")
+        big = (entry / "features.npy").stat().st_size > max_memory_gb * 2**30
+        # copy-on-write map: writable for torch, never written back, paged in as read
+        features = np.load(entry / "features.npy", mmap_mode="c" if big else None, allow_pickle=False)
+        with np.load(entry / "labels.npz", allow_pickle=False) as npz:
+            labels = {k: torch.from_numpy(npz[k]) for k in npz.files}
+        if features.shape[0] != length or set(labels) != set(meta.get("columns", labels)):
+            raise ValueError("truncated entry")
+    except (OSError, ValueError, KeyError) as e:
+        # Entries are published whole, so this one was damaged or left by another version: replace it.
+        log.warning("feature cache entry %s is unreadable (%s); extracting again", entry, e)
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
+    return FeatureSet(torch.from_numpy(features), labels)
+
+
+def _extract_into_cache(backbone, dataset, batch_size, num_workers, cache_dir: Path, key: str,
+                        max_memory_gb: float) -> FeatureSet:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
+    try:
+        result = _extract(backbone, dataset, batch_size, num_workers, tmp / "features.npy", max_memory_gb,
+                          always_store=True)
+        np.savez(tmp / "labels.npz", **{k: v.numpy() for k, v in result.labels.items()})
+        (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "length": len(dataset),
+                                                   "dim": int(result.features.shape[1]),
+                                                   "columns": sorted(result.labels)}))
+        try:
+            os.rename(tmp, cache_dir / key)  # atomic; fails when another job published it first
+        except OSError:
+            pass
+    finally:
+        if tmp.exists() and (cache_dir / key).exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def _extract(backbone, dataset, batch_size, num_workers, store, max_memory_gb, always_store=False) -> FeatureSet:
     device = next(backbone.parameters()).device
     was_training = backbone.training
     backbone.eval()
@@ -49,7 +146,8 @@ def _extract(backbone, dataset, batch_size, num_workers, store, max_memory_gb) -
         f = backbone(x.to(device, non_blocking=True)).float().cpu()
         if features is None:
             shape = (len(dataset), f.shape[1])
-            if store is not None and shape[0] * shape[1] * 4 > max_memory_gb * 2**30:
+            big = shape[0] * shape[1] * 4 > max_memory_gb * 2**30
+            if store is not None and big:
                 store.parent.mkdir(parents=True, exist_ok=True)
                 features = torch.from_numpy(np.lib.format.open_memmap(store, mode="w+", dtype=np.float32, shape=shape))
             else:
@@ -60,6 +158,8 @@ def _extract(backbone, dataset, batch_size, num_workers, store, max_memory_gb) -
             labels[k][start:start + len(f)] = v
         start += len(f)
     backbone.train(was_training)
-    log.info("cached %d x %d backbone features%s", len(dataset), features.shape[1], f" in {store}" if store and
-             not isinstance(features, torch.Tensor) else "")
+    if always_store and not (store is not None and store.exists()):
+        np.save(store, features.numpy())
+    log.info("extracted %d x %d backbone features%s", len(dataset), features.shape[1],
+             f" into {store}" if store is not None and store.exists() else "")
     return FeatureSet(features, labels)

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
+
 from PIL import Image
 
-from transferlab.data.base import SPLITS, LabeledImages, split_three_ways
+from transferlab.data.base import SPLITS, LabeledImages, digest, split_three_ways
 from transferlab.errors import DataError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -24,6 +26,14 @@ class Files(LabeledImages):
 
     def describe(self, i: int) -> str:
         return f"'{self.paths[i]}'"
+
+    def content_key(self) -> str | None:
+        """Each file's path, size and modification time: an edited or replaced image changes the key."""
+        try:
+            stats = [(self.paths[i], (s := os.stat(self.paths[i])).st_size, s.st_mtime_ns) for i in self.indices]
+        except OSError:
+            return None
+        return digest(repr(stats).encode())
 
 
 def scan(folder: Path, classes: list[str] | None = None) -> Files:

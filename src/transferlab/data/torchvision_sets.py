@@ -33,6 +33,9 @@ class TorchvisionSet(LabeledImages):
     def load(self, i: int):
         return self.dataset[i][0].convert("RGB")
 
+    def content_key(self) -> str | None:
+        return repr(self.dataset)  # class, root, split and size of a fixed published set
+
 
 def _targets(ds) -> np.ndarray:
     for attr in ("targets", "_labels"):
