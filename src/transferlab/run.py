@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from timm.data import resolve_model_data_config
 
 from transferlab import tracking
-from transferlab.callbacks import CheckpointOnInterrupt, RandomState, SampleCounter
+from transferlab.callbacks import RandomState, SampleCounter
+from transferlab.checkpoints import StreamingCheckpointIO, create_checkpoints
 from transferlab.config import load_run_config, set_value, to_plain, validate
 from transferlab.data.datamodule import TransferDataModule, create_sources
 from transferlab.errors import ConfigError
@@ -52,7 +52,8 @@ def build(cfg, tasks=None):
     module.inputs_are_features = cache
     datamodule = TransferDataModule(sources, resolve_model_data_config(model.backbone), cfg.data,
                                     cfg.multitask.sampling, features_from=model.backbone if cache else None,
-                                    store_dir=Path(cfg.paths.run_dir) / "features")
+                                    store_dir=Path(cfg.paths.run_dir) / "features",
+                                    feature_cache=cfg.paths.get("feature_cache"))
     return module, datamodule, strategy
 
 
@@ -62,6 +63,8 @@ def create_trainer(cfg, run_dir: Path, callbacks=(), loggers=()) -> pl.Trainer:
         raise ConfigError(f"trainer.strategy={kwargs['strategy']} shards the model across CUDA GPUs, and this run has "
                           f"none (accelerator={kwargs.get('accelerator')}); on CPUs use trainer=ddp "
                           f"trainer.accelerator=cpu, or trainer=cpu")
+    if "fsdp" not in str(kwargs.get("strategy", "")) and "deepspeed" not in str(kwargs.get("strategy", "")):
+        kwargs.setdefault("plugins", [StreamingCheckpointIO()])  # sharded strategies save their own way
     try:
         return pl.Trainer(**kwargs, default_root_dir=str(run_dir), callbacks=list(callbacks),
                           logger=list(loggers) or False)
@@ -87,15 +90,10 @@ def train(cfg, callbacks=()) -> dict:
         set_value(cfg, "model.checkpoint", checkpoint)
     pl.seed_everything(cfg.seed, workers=True)
     module, datamodule, strategy = build(cfg)
-    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc", mode="max",
-                           auto_insert_metric_name=False)
-    # Lightning's save_last only writes when a top-k checkpoint was saved; last.ckpt must be every epoch's.
-    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None,
-                           enable_version_counter=False)
+    best, *checkpoints = create_checkpoints(run_dir)
     counter = SampleCounter()
     # The Trainer first: it settles this process's global rank, so only rank 0 writes files and W&B.
-    trainer = create_trainer(cfg, run_dir, [strategy, best, last, counter, RandomState(), CheckpointOnInterrupt(run_dir),
-                                             *callbacks])
+    trainer = create_trainer(cfg, run_dir, [strategy, best, *checkpoints, counter, RandomState(), *callbacks])
     config = to_plain(cfg)
     if trainer.is_global_zero:
         tracking.write_yaml(run_dir / "config.yaml", config)
