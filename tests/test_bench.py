@@ -32,10 +32,12 @@ def test_bench_quick_reports_all_figures(tmp_path):
     assert isinstance(overhead["pass"], bool) and overhead["target"] == 0.95
 
     probe = result["linear_probe"]
-    for run in ("uncached", "cached"):
+    for run in ("uncached", "cached_first_run", "cached"):
         assert _positive(probe[run]["fit_seconds"]), probe
         assert 0 <= probe[run]["test_acc"] <= 1
-    assert _positive(probe["ratio"]) and isinstance(probe["pass"], bool) and probe["target"] == 10
+    assert _positive(probe["ratio"]) and _positive(probe["ratio_first_run"])
+    assert isinstance(probe["pass"], bool) and probe["target"] == 10
+    assert probe["test_acc_difference"] <= 0.005  # caching must not change the result
 
     rows = result["data_loading"]["rows"]
     assert [r["num_workers"] for r in rows] == [0, 1, 2]

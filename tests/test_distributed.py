@@ -51,11 +51,12 @@ DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK
              "MASTER_PORT", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_JOB_NAME", "PL_GLOBAL_SEED")
 
 
-def overrides(*extra, batch_size=PER_RANK_BATCH, epochs=EPOCHS, logger="csv"):
+def overrides(*extra, batch_size=PER_RANK_BATCH, epochs=EPOCHS, logger="csv",
+              strategy=("strategy=lp_ft", "strategy.lp_epochs=1")):
     return ["source=none", f"logger={logger}", f"trainer.max_epochs={epochs}", "trainer.enable_progress_bar=false",
             "data.train_per_class=12", "data.val_fraction=0.19", "data.test_fraction=0.19",
             "data.augment.enabled=false", f"data.batch_size={batch_size}",
-            "strategy=lp_ft", "strategy.lp_epochs=1", "strategy.bn=frozen", *extra]
+            *strategy, "strategy.bn=frozen", *extra]
 
 
 def free_port() -> int:
@@ -197,6 +198,19 @@ def torchrun(tmp_path_factory):
                        clean_env(TRANSFERLAB_OUTPUT_DIR=f"outputs-node{node}"))
                       for node in (0, 1)], cwd)
     return cwd, results
+
+
+@pytest.fixture(scope="module")
+def probes(tmp_path_factory):
+    """A linear probe on cached features (frozen backbone, no augmentation), in one process and in two
+    DDP processes, each with an empty feature cache of its own: both ranks extract and publish."""
+    cwd = tmp_path_factory.mktemp("probe")
+    for name, extra, batch in (("single", ["trainer=cpu"], TRAIN_IMAGES),
+                               ("ddp", ["trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={WORLD}"],
+                                PER_RANK_BATCH)):
+        tl_train(*overrides(*extra, f"paths.feature_cache={cwd / name}_features", batch_size=batch,
+                            strategy=["strategy=linear_probe"]), f"hydra.run.dir={cwd / name}", cwd=cwd)
+    return cwd
 
 
 # --- Lightning's launcher: trainer=ddp trainer.accelerator=cpu trainer.devices=2 ----------------------
@@ -440,3 +454,11 @@ def test_fsdp_on_cpu_is_a_clear_error_before_training(extra, tmp_path, keep_rank
     assert "fsdp" in message and ("gpu" in message or "cuda" in message), message
     assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "checkpoints").exists()
 
+
+
+@pytest.mark.slow
+def test_ddp_linear_probe_on_cached_features_trains_the_same_head_as_one_process(probes):
+    for name in ("single", "ddp"):  # features were cached (train, val, test), no half-published entry left
+        assert len(list((probes / f"{name}_features").iterdir())) == 3, name
+    assert_complete(probes / "ddp")
+    assert_same_training(probes / "ddp", probes / "single")

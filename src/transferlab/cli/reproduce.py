@@ -49,7 +49,9 @@ def reproduce(run_dir: Path, out: Path | None, allow_version_change: bool, toler
     old = _read_json(metrics_file)
     _check_version(run_dir, allow_version_change)
     out = out or run_dir.parent / f"{run_dir.name}-reproduced-{time.strftime('%Y%m%d-%H%M%S')}"
-    for key, value in {"paths.run_dir": str(out), "ckpt_path": None, "resume": None}.items():
+    # Everything is computed again: no features from the shared cache either.
+    for key, value in {"paths.run_dir": str(out), "ckpt_path": None, "resume": None,
+                       "paths.feature_cache": None}.items():
         set_value(cfg, key, value)
     if cfg.model.get("checkpoint") and not Path(cfg.model.checkpoint).is_file() and cfg.source.get("overrides"):
         set_value(cfg, "model.checkpoint", None)  # the cached source run is gone: train it again
