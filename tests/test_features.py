@@ -90,7 +90,7 @@ def test_feature_key_changes_with_the_weights_the_transform_and_the_images(tmp_p
     import torch
 
     from transferlab import run
-    from transferlab.data.features import feature_key
+    from transferlab.data.features import backbone_digest, feature_key
 
     def key_of(*overrides, split="train", tweak=None):
         cfg = compose(*FAST, "source=none", *PROBE, *overrides, run_dir=tmp_path)
@@ -100,7 +100,7 @@ def test_feature_key_changes_with_the_weights_the_transform_and_the_images(tmp_p
         if tweak:
             with torch.no_grad():
                 next(backbone.parameters()).view(-1)[0] += 1e-3
-        return feature_key(backbone, datamodule.datasets[("data", split)], "32-true")
+        return feature_key(backbone_digest(backbone), datamodule.datasets[("data", split)], "32-true")
 
     base = key_of()
     assert key_of() == base  # same random init (seed), same data: same key

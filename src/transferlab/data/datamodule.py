@@ -16,7 +16,7 @@ from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
 from transferlab.data import create_splits
-from transferlab.data.features import FeatureSet, as_batch, cached_features
+from transferlab.data.features import FeatureSet, as_batch, backbone_digest, cached_features
 from transferlab.data.transforms import create_transform
 from transferlab.errors import ConfigError, DataError
 from transferlab.tasks import Task
@@ -64,6 +64,7 @@ class TransferDataModule(LightningDataModule):
         super().__init__()
         self.sources, self.loader_cfg, self.mode = sources, loader_cfg, mode
         self.features_from, self.store_dir, self.feature_cache = features_from, store_dir, feature_cache
+        self._digest = None  # of the frozen backbone: hashed once, not once per split
         if mode not in ("max_size_cycle", "min_size", "max_size", "sequential"):
             raise ConfigError(f"unknown multitask.sampling '{mode}'; valid: max_size_cycle, min_size, max_size, sequential")
         self.datasets = {}
@@ -84,9 +85,11 @@ class TransferDataModule(LightningDataModule):
         if self.features_from is not None:
             if not isinstance(dataset, FeatureSet):
                 store = self.store_dir and Path(self.store_dir) / f"{source.replace(':', '_')}_{split}.npy"
+                if self.feature_cache and self._digest is None:
+                    self._digest = backbone_digest(self.features_from)
                 trainer = self.trainer
                 dataset = self.datasets[(source, split)] = cached_features(
-                    self.features_from, dataset, c.batch_size, workers, store=store,
+                    self.features_from, dataset, c.batch_size, workers, store=store, digest=self._digest,
                     cache_dir=self.feature_cache and Path(self.feature_cache),
                     precision=str(trainer.precision) if trainer is not None else "32-true",
                     autocast=trainer.precision_plugin.forward_context() if trainer is not None else None)

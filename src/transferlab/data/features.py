@@ -57,14 +57,17 @@ def as_batch(batch):
 
 def cached_features(backbone: torch.nn.Module, dataset, batch_size: int, num_workers: int, *,
                     cache_dir: Path | None = None, store: Path | None = None, precision: str = "32-true",
-                    autocast=None, max_memory_gb: float = 2.0) -> FeatureSet:
+                    autocast=None, max_memory_gb: float = 2.0, digest: str | None = None) -> FeatureSet:
     """The backbone's features of ``dataset`` (a ``Transformed`` view): from the shared cache under
     ``cache_dir`` when an earlier run extracted them, else extracted (and published there).
+    ``digest``: ``backbone_digest(backbone)``, when the caller already has it (one per run, not per split).
 
     ``autocast``: the trainer's precision context, so features match what the uncached run computes.
     No activations are kept, so GPU batches are twice the training size (on a CPU, larger batches
     only spill out of cache and run slower)."""
-    key = feature_key(backbone, dataset, precision) if cache_dir is not None else None
+    key = None
+    if cache_dir is not None:
+        key = feature_key(digest or backbone_digest(backbone), dataset, precision)
     if key is not None:
         hit = _load(Path(cache_dir) / key, len(dataset), max_memory_gb)
         if hit is not None:
@@ -79,18 +82,23 @@ def cached_features(backbone: torch.nn.Module, dataset, batch_size: int, num_wor
         return _extract_into_cache(backbone, dataset, batch_size, num_workers, Path(cache_dir), key, max_memory_gb)
 
 
-def feature_key(backbone: torch.nn.Module, dataset, precision: str) -> str | None:
-    """A digest of everything the features depend on, or None when the images cannot be identified."""
-    content = dataset.base.fingerprint() if hasattr(dataset, "base") else None
-    if content is None:
-        return None
-    h = hashlib.sha256(f"{FORMAT}|{torch.__version__}|{precision}|{content}|{dataset.transform!r}|".encode())
-    h.update(repr(backbone).encode())  # structure, incl. what weights do not show (pooling, dropout kind)
+def backbone_digest(backbone: torch.nn.Module) -> str:
+    """Structure (incl. what weights do not show: pooling, dropout kind) and every weight and buffer."""
+    h = hashlib.sha256(repr(backbone).encode())
     for name, value in backbone.state_dict().items():
         h.update(name.encode())
         h.update(str(value.dtype).encode() + str(tuple(value.shape)).encode())
         h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
-    return h.hexdigest()[:32]
+    return h.hexdigest()
+
+
+def feature_key(backbone: str, dataset, precision: str) -> str | None:
+    """A digest of everything the features depend on, or None when the images cannot be identified."""
+    content = dataset.base.fingerprint() if hasattr(dataset, "base") else None
+    if content is None:
+        return None
+    parts = (FORMAT, torch.__version__, precision, backbone, content, repr(dataset.transform))
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
 def _load(entry: Path, length: int, max_memory_gb: float) -> FeatureSet | None:
