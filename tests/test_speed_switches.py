@@ -32,3 +32,33 @@ def test_channels_last_gives_the_same_loss_as_contiguous(tmp_path):
         module.eval()
         losses.append(module._task_losses("data", *batch)[0]["main"].item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_the_progress_bar_reads_the_loss_once_per_logging_interval_not_every_step(tmp_path, monkeypatch):
+    """Reading a logged tensor for display is a device sync; at every step it would stall a GPU."""
+    import pytorch_lightning as pl
+    from pytorch_lightning import Callback
+
+    reads = []  # every read of the bar's metrics, whichever bar (tqdm, rich) shows them
+    original = pl.Trainer.progress_bar_metrics
+    monkeypatch.setattr(pl.Trainer, "progress_bar_metrics",
+                        property(lambda trainer: reads.append(1) or original.fget(trainer)))
+
+    class Steps(Callback):
+        """Reads so far at the start of each step: the bar reads at the end of a step, after this."""
+
+        def __init__(self):
+            self.reads_before = []
+
+        def on_train_batch_start(self, trainer, *_):
+            self.reads_before.append(len(reads))
+
+    steps = Steps()
+    from conftest import FAST, compose
+
+    from transferlab import run
+
+    run.train(compose(*FAST, "source=none", "trainer.enable_progress_bar=true", "trainer.log_every_n_steps=5",
+                      "data.batch_size=5", "trainer.max_epochs=1", run_dir=tmp_path), callbacks=[steps])
+    assert len(steps.reads_before) == 10
+    assert steps.reads_before[-1] == 1  # of steps 1-9, only step 5 read the metrics

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ProgressBar, TQDMProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from timm.data import resolve_model_data_config
@@ -65,8 +66,12 @@ def create_trainer(cfg, run_dir: Path, callbacks=(), loggers=()) -> pl.Trainer:
                           f"trainer.accelerator=cpu, or trainer=cpu")
     if "fsdp" not in str(kwargs.get("strategy", "")) and "deepspeed" not in str(kwargs.get("strategy", "")):
         kwargs.setdefault("plugins", [StreamingCheckpointIO()])  # sharded strategies save their own way
+    callbacks = list(callbacks)
+    if kwargs.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        # The bar's loss readout is a device sync: once per logging interval, not at every step.
+        callbacks.append(TQDMProgressBar(refresh_rate=kwargs.get("log_every_n_steps") or 50))
     try:
-        return pl.Trainer(**kwargs, default_root_dir=str(run_dir), callbacks=list(callbacks),
+        return pl.Trainer(**kwargs, default_root_dir=str(run_dir), callbacks=callbacks,
                           logger=list(loggers) or False)
     except (TypeError, ValueError, ImportError, MisconfigurationException) as e:  # Lightning's checks
         chosen = ", ".join(f"trainer.{k}={kwargs.get(k)}" for k in ("accelerator", "devices", "strategy", "precision")
