@@ -87,8 +87,9 @@ class TransferModule(LightningModule):
         every step on CPU but only every ``log_every_n_steps`` on a GPU, so training does not wait
         for a device sync each step."""
         first = (~torch.isfinite(loss.detach())) & (self.first_bad[0] < 0)
-        self.first_bad = torch.where(first, torch.stack([torch.tensor(float(self.global_step), device=loss.device),
-                                                         loss.detach().float()]), self.first_bad.to(loss.device))
+        # new_full fills on the device; torch.tensor(step, device=cuda) would copy from the host and wait
+        step = loss.detach().float().new_full((), float(self.global_step))
+        self.first_bad = torch.where(first, torch.stack([step, loss.detach().float()]), self.first_bad.to(loss.device))
         if loss.device.type != "cpu" and (self.global_step + 1) % max(1, self.trainer.log_every_n_steps):
             return
         step, value = self.first_bad.tolist()
