@@ -124,3 +124,14 @@ def test_an_edited_image_file_changes_the_fingerprint(tmp_path):
     assert scan(tmp_path).fingerprint() == before
     Image.new("RGB", (9, 9), (255, 255, 255)).save(tmp_path / "dog" / "1.png")
     assert scan(tmp_path).fingerprint() != before
+
+
+def test_an_unwritable_feature_cache_leaves_features_with_the_run(tmp_path, caplog):
+    blocked = tmp_path / "not_a_folder"
+    blocked.write_text("a file where the cache folder should be")
+    with caplog.at_level("WARNING", logger="transferlab.data.features"):
+        metrics = _probe(tmp_path / "run", blocked)
+    assert 0 <= metrics["test/acc"] <= 1
+    assert blocked.read_text().startswith("a file")
+    assert any("cannot write to the feature cache" in r.getMessage() and str(blocked) in r.getMessage()
+               for r in caplog.records)

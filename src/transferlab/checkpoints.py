@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from weakref import proxy
 
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
@@ -70,6 +71,9 @@ class LastCheckpoint(ModelCheckpoint):
                 os.replace(tmp, filepath)
         trainer.strategy.barrier("LastCheckpoint")
         self._last_global_step_saved, self._last_checkpoint_saved = trainer.global_step, filepath
+        if trainer.is_global_zero:  # as ModelCheckpoint does after a write
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
 
 
 class CheckpointOnInterrupt(Callback):

@@ -77,9 +77,14 @@ def cached_features(backbone: torch.nn.Module, dataset, batch_size: int, num_wor
         batch_size *= 2
     # Leave the global RNG as it was, so cached training shuffles exactly like uncached training.
     with torch.random.fork_rng(devices=[]), torch.no_grad(), (autocast or nullcontext()):
-        if key is None:
+        tmp = _reserve(Path(cache_dir), key) if key is not None else None
+        if tmp is None:
             return _extract(backbone, dataset, batch_size, num_workers, store, max_memory_gb)
-        return _extract_into_cache(backbone, dataset, batch_size, num_workers, Path(cache_dir), key, max_memory_gb)
+        try:
+            return _publish(_extract(backbone, dataset, batch_size, num_workers, tmp / "features.npy",
+                                     max_memory_gb, always_store=True), tmp, Path(cache_dir) / key)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone after a successful publish; else a loser's or a failure's
 
 
 def backbone_digest(backbone: torch.nn.Module) -> str:
@@ -123,24 +128,24 @@ def _load(entry: Path, length: int, max_memory_gb: float) -> FeatureSet | None:
     return FeatureSet(torch.from_numpy(features), labels)
 
 
-def _extract_into_cache(backbone, dataset, batch_size, num_workers, cache_dir: Path, key: str,
-                        max_memory_gb: float) -> FeatureSet:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
+def _reserve(cache_dir: Path, key: str) -> Path | None:
+    """A private folder to extract into, or None (with a warning) when the cache is not writable."""
     try:
-        result = _extract(backbone, dataset, batch_size, num_workers, tmp / "features.npy", max_memory_gb,
-                          always_store=True)
-        np.savez(tmp / "labels.npz", **{k: v.numpy() for k, v in result.labels.items()})
-        (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "length": len(dataset),
-                                                   "dim": int(result.features.shape[1]),
-                                                   "columns": sorted(result.labels)}))
-        try:
-            os.rename(tmp, cache_dir / key)  # atomic; fails when another job published it first
-        except OSError:
-            pass
-    finally:
-        if tmp.exists() and (cache_dir / key).exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
+    except OSError as e:
+        log.warning("cannot write to the feature cache %s (%s); features stay with this run", cache_dir, e)
+        return None
+
+
+def _publish(result: FeatureSet, tmp: Path, entry: Path) -> FeatureSet:
+    np.savez(tmp / "labels.npz", **{k: v.numpy() for k, v in result.labels.items()})
+    (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "length": len(result),
+                                               "dim": int(result.features.shape[1]), "columns": sorted(result.labels)}))
+    try:
+        os.rename(tmp, entry)  # atomic; fails when another job published the same entry first
+    except OSError:
+        pass
     return result
 
 
