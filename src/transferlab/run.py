@@ -60,12 +60,13 @@ def build(cfg, tasks=None):
 
 def create_trainer(cfg, run_dir: Path, callbacks=(), loggers=()) -> pl.Trainer:
     kwargs = to_plain(cfg.trainer)
-    if "fsdp" in str(kwargs.get("strategy", "")) and (kwargs.get("accelerator") == "cpu" or not torch.cuda.is_available()):
+    strategy = str(kwargs.get("strategy", ""))
+    if "fsdp" in strategy and (kwargs.get("accelerator") == "cpu" or not torch.cuda.is_available()):
         raise ConfigError(f"trainer.strategy={kwargs['strategy']} shards the model across CUDA GPUs, and this run has "
                           f"none (accelerator={kwargs.get('accelerator')}); on CPUs use trainer=ddp "
                           f"trainer.accelerator=cpu, or trainer=cpu")
-    if "fsdp" not in str(kwargs.get("strategy", "")) and "deepspeed" not in str(kwargs.get("strategy", "")):
-        kwargs.setdefault("plugins", [StreamingCheckpointIO()])  # sharded strategies save their own way
+    if "fsdp" not in strategy and "deepspeed" not in strategy:  # sharded strategies save their own way
+        kwargs.setdefault("plugins", [StreamingCheckpointIO()])
     callbacks = list(callbacks)
     if kwargs.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
         # The bar's loss readout is a device sync: once per logging interval, not at every step.

@@ -1,9 +1,8 @@
 """Folders of images, one sub-folder per class: ``root/{train,val,test}/<class>/*`` or ``root/<class>/*``."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import os
+from pathlib import Path
 
 from PIL import Image
 
