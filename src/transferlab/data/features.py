@@ -14,7 +14,6 @@ memory-mapped file under the run directory when they would exceed ``max_memory_g
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from transferlab.data.base import digest as sha256
 
 log = logging.getLogger(__name__)
 
@@ -67,34 +68,34 @@ def cached_features(backbone: torch.nn.Module, dataset, batch_size: int, num_wor
     only spill out of cache and run slower)."""
     key = None
     if cache_dir is not None:
+        cache_dir = Path(cache_dir)
         key = feature_key(digest or backbone_digest(backbone), dataset, precision)
     if key is not None:
-        hit = _load(Path(cache_dir) / key, len(dataset), max_memory_gb)
+        hit = _load(cache_dir / key, len(dataset), max_memory_gb)
         if hit is not None:
-            log.info("reused %d cached backbone features from %s", len(dataset), Path(cache_dir) / key)
+            log.info("reused %d cached backbone features from %s", len(dataset), cache_dir / key)
             return hit
     if next(backbone.parameters()).is_cuda:
         batch_size *= 2
     # Leave the global RNG as it was, so cached training shuffles exactly like uncached training.
     with torch.random.fork_rng(devices=[]), torch.no_grad(), (autocast or nullcontext()):
-        tmp = _reserve(Path(cache_dir), key) if key is not None else None
+        tmp = _reserve(cache_dir, key) if key is not None else None
         if tmp is None:
             return _extract(backbone, dataset, batch_size, num_workers, store, max_memory_gb)
         try:
-            return _publish(_extract(backbone, dataset, batch_size, num_workers, tmp / "features.npy",
-                                     max_memory_gb, always_store=True), tmp, Path(cache_dir) / key)
+            return _publish(_extract(backbone, dataset, batch_size, num_workers, tmp / "features.npy", max_memory_gb),
+                            tmp, cache_dir / key)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # gone after a successful publish; else a loser's or a failure's
 
 
 def backbone_digest(backbone: torch.nn.Module) -> str:
     """Structure (incl. what weights do not show: pooling, dropout kind) and every weight and buffer."""
-    h = hashlib.sha256(repr(backbone).encode())
+    parts = [repr(backbone).encode()]
     for name, value in backbone.state_dict().items():
-        h.update(name.encode())
-        h.update(str(value.dtype).encode() + str(tuple(value.shape)).encode())
-        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
+        parts += [f"{name}|{value.dtype}|{tuple(value.shape)}".encode(),
+                  value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()]
+    return sha256(*parts)
 
 
 def feature_key(backbone: str, dataset, precision: str) -> str | None:
@@ -103,7 +104,7 @@ def feature_key(backbone: str, dataset, precision: str) -> str | None:
     if content is None:
         return None
     parts = (FORMAT, torch.__version__, precision, backbone, content, repr(dataset.transform))
-    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:32]
+    return sha256("|".join(map(str, parts)).encode())[:32]
 
 
 def _load(entry: Path, length: int, max_memory_gb: float) -> FeatureSet | None:
@@ -139,6 +140,8 @@ def _reserve(cache_dir: Path, key: str) -> Path | None:
 
 
 def _publish(result: FeatureSet, tmp: Path, entry: Path) -> FeatureSet:
+    if not (tmp / "features.npy").exists():  # small sets were extracted into memory, large ones into the file
+        np.save(tmp / "features.npy", result.features.numpy())
     np.savez(tmp / "labels.npz", **{k: v.numpy() for k, v in result.labels.items()})
     (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "length": len(result),
                                                "dim": int(result.features.shape[1]), "columns": sorted(result.labels)}))
@@ -149,7 +152,7 @@ def _publish(result: FeatureSet, tmp: Path, entry: Path) -> FeatureSet:
     return result
 
 
-def _extract(backbone, dataset, batch_size, num_workers, store, max_memory_gb, always_store=False) -> FeatureSet:
+def _extract(backbone, dataset, batch_size, num_workers, store, max_memory_gb) -> FeatureSet:
     device = next(backbone.parameters()).device
     was_training = backbone.training
     backbone.eval()
@@ -159,8 +162,7 @@ def _extract(backbone, dataset, batch_size, num_workers, store, max_memory_gb, a
         f = backbone(x.to(device, non_blocking=True)).float().cpu()
         if features is None:
             shape = (len(dataset), f.shape[1])
-            big = shape[0] * shape[1] * 4 > max_memory_gb * 2**30
-            if store is not None and big:
+            if store is not None and shape[0] * shape[1] * 4 > max_memory_gb * 2**30:
                 store.parent.mkdir(parents=True, exist_ok=True)
                 features = torch.from_numpy(np.lib.format.open_memmap(store, mode="w+", dtype=np.float32, shape=shape))
             else:
@@ -171,8 +173,6 @@ def _extract(backbone, dataset, batch_size, num_workers, store, max_memory_gb, a
             labels[k][start:start + len(f)] = v
         start += len(f)
     backbone.train(was_training)
-    if always_store and not (store is not None and store.exists()):
-        np.save(store, features.numpy())
     log.info("extracted %d x %d backbone features%s", len(dataset), features.shape[1],
              f" into {store}" if store is not None and store.exists() else "")
     return FeatureSet(features, labels)
