@@ -8,10 +8,9 @@ import pytest
 from conftest import cli, compose, train
 from PIL import Image
 
+from transferlab import run
 from transferlab.data import create_splits
-from transferlab.data.datamodule import create_sources
 from transferlab.errors import ConfigError, DataError
-from transferlab.tasks import create_tasks
 
 NO_SOURCE = ["model=tiny", "source=none", "data.input_size=32", "data.num_workers=0", "data.batch_size=8"]
 
@@ -96,10 +95,10 @@ def test_csv_manifest_with_two_label_columns_and_a_split_column(tmp_path):
 def test_wrong_class_count_and_missing_label_column_are_clear_errors():
     cfg = compose("tasks.main.num_classes=3", run_dir="unused")
     with pytest.raises(DataError, match="num_classes=3 but its data has 5 classes"):
-        create_sources(cfg.data, create_tasks(cfg.tasks))
+        run.build(cfg)
     cfg = compose("data=synthetic", "tasks.main.label=texture", run_dir="unused")
     with pytest.raises((DataError, ConfigError), match="label column 'texture'.*shape, color, size"):
-        create_sources(cfg.data, create_tasks(cfg.tasks))
+        run.build(cfg)
 
 
 def test_corrupt_image_is_named_and_the_run_exits_nonzero_without_metrics(tmp_path):

@@ -8,7 +8,7 @@ import time
 import pytest
 from conftest import BIN
 
-from transferlab.models import read_checkpoint
+from transferlab.checkpoints import read_checkpoint
 
 
 @pytest.mark.slow

@@ -10,12 +10,14 @@ from conftest import train
 from omegaconf import OmegaConf
 
 from transferlab.errors import CheckpointError, ConfigError
-from transferlab.models import create_backbone, create_model, read_checkpoint
+from transferlab.checkpoints import read_checkpoint
+from transferlab.models import create_model
+from transferlab.models.timm import create_backbone
 from transferlab.tasks import Task
 
 
 def model_cfg(**kw):
-    return OmegaConf.create({"name": "test_resnet", "pretrained": False, "checkpoint": None, "drop_rate": 0.0,
+    return OmegaConf.create({"family": "timm", "name": "test_resnet", "pretrained": False, "checkpoint": None, "drop_rate": 0.0,
                              "drop_path_rate": None, "kwargs": {}, "head": {"hidden": 0, "dropout": 0.0}, **kw})
 
 

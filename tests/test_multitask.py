@@ -23,7 +23,7 @@ from wandb_reader import metric, read_run
 from transferlab import run
 from transferlab.cli import user_errors
 from transferlab.errors import ConfigError
-from transferlab.models import read_checkpoint
+from transferlab.checkpoints import read_checkpoint
 
 SYNTHETIC = ["experiment=synthetic_multilabel", "data.num_samples=300", "trainer.max_epochs=2",
              "trainer.enable_progress_bar=false"]
@@ -263,13 +263,13 @@ def test_tl_eval_evaluates_every_task_of_a_multitask_checkpoint(digits_run, tmp_
 
 
 def test_tl_eval_path_evaluates_every_task_in_process(synthetic_run, tmp_path):
-    from transferlab.cli.eval import checkpoint_config
+    from transferlab.cli.eval import checkpoint_plan
     from transferlab.config import compose_config, set_value
 
     best = synthetic_run["dir"] / "checkpoints" / "best.ckpt"
     eval_cfg = compose_config([f"ckpt_path={best}"], config_name="eval")  # tl-eval's own config: data=null
     set_value(eval_cfg, "paths.run_dir", str(tmp_path))
-    cfg = checkpoint_config(str(best), eval_cfg)
+    cfg = checkpoint_plan(str(best), eval_cfg)
     evaluated = run.evaluate(cfg, str(best), tmp_path)
     for task in synthetic_run["tasks"]:
         for m in METRICS:

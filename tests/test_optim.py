@@ -5,13 +5,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from transferlab.models import TransferModel, create_backbone, create_head
+from transferlab.models import TransferModel, create_head
+from transferlab.models.timm import TimmFamily, create_backbone
 from transferlab.optim import create_optimizer, create_scheduler
 
 
 def tiny_model(name="test_vit"):
     backbone = create_backbone(name)
-    return TransferModel(backbone, torch.nn.ModuleDict({"main": create_head(backbone.num_features, 3)}))
+    return TransferModel(backbone, torch.nn.ModuleDict({"main": create_head(backbone.num_features, 3)}),
+                         TimmFamily(OmegaConf.create({"name": name})))
 
 
 def opt_cfg(**kw):

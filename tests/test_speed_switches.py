@@ -9,7 +9,7 @@ from conftest import train
 @pytest.mark.parametrize("switch", ["model.channels_last=true", "model.grad_checkpointing=true",
                                     "trainer.accumulate_grad_batches=2"])
 def test_speed_switches_train_and_keep_checkpoint_keys(tmp_path, switch):
-    from transferlab.models import read_checkpoint
+    from transferlab.checkpoints import read_checkpoint
 
     metrics = train(tmp_path, "source=none", "trainer.max_epochs=2", switch)
     assert 0 <= metrics["test/acc"] <= 1

@@ -7,7 +7,7 @@ from conftest import train
 from omegaconf import OmegaConf
 from pytorch_lightning import Callback
 
-from transferlab.models import read_checkpoint
+from transferlab.checkpoints import read_checkpoint
 
 
 class StageWatcher(Callback):

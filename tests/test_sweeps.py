@@ -371,7 +371,7 @@ def test_wandb_sweep_command_is_a_valid_override_list(monkeypatch, tmp_path):
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    from transferlab.config import validate
+    from transferlab.plan import validate
 
     spec = sweep_spec()
     monkeypatch.setenv("WANDB_RUN_ID", "abc123")  # the agent sets it for each run

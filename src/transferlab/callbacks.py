@@ -5,6 +5,8 @@ import logging
 
 from pytorch_lightning import Callback
 
+from transferlab.data import batch_size
+
 log = logging.getLogger(__name__)
 
 
@@ -15,7 +17,7 @@ class SampleCounter(Callback):
         self.samples = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.samples += sum(item[0].shape[0] for item in batch.values() if item is not None)
+        self.samples += sum(batch_size(item[0]) for item in batch.values() if item is not None)
 
 
 class RandomState(Callback):

@@ -1,11 +1,9 @@
-"""Composing and checking configs outside and inside a Hydra app.
+"""Composing configs outside and inside a Hydra app, and reading saved ones (allowlist-checked).
 
-``validate`` runs before anything is built, so a wrong value fails in a second with a message that
-names it, instead of minutes into training.
+Checking a config's values is ``plan.validate``'s job, as part of resolving the run's plan.
 """
 from __future__ import annotations
 
-import numbers
 from contextlib import contextmanager
 
 from hydra import compose, initialize_config_dir
@@ -44,54 +42,6 @@ def compose_config(overrides: list[str], config_name: str = "train") -> DictConf
     """The config ``tl-train <overrides>`` would run with (usable inside or outside a Hydra app)."""
     with _hydra_ready():
         return compose(config_name=config_name, overrides=list(overrides))
-
-
-def _positive_int(v):
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-def _positive_number(v):
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0
-
-
-def _non_negative_number(v):
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and v >= 0
-
-
-# key -> (check, what is valid); keys absent from a config are skipped.
-SCHEMA = {
-    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    "data.batch_size": (_positive_int, "a positive integer"),
-    "data.num_workers": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
-    "data.train_per_class": (lambda v: v is None or _positive_int(v), "null or a positive integer"),
-    "data.input_size": (lambda v: v is None or _positive_int(v), "null or a positive integer (pixels)"),
-    "data.val_fraction": (lambda v: _non_negative_number(v) and v < 1, "a number in [0, 1)"),
-    "data.test_fraction": (lambda v: _non_negative_number(v) and v < 1, "a number in [0, 1)"),
-    "optimizer.lr": (_positive_number, "a positive number"),
-    "optimizer.weight_decay": (_non_negative_number, "a number >= 0"),
-    "optimizer.head_lr_mult": (_positive_number, "a positive number"),
-    "optimizer.layer_decay": (lambda v: v is None or (_positive_number(v) and v <= 1), "null or a number in (0, 1]"),
-    "optimizer.momentum": (lambda v: _non_negative_number(v) and v < 1, "a number in [0, 1)"),
-    "trainer.max_epochs": (_positive_int, "a positive integer"),
-    "model.drop_rate": (lambda v: _non_negative_number(v) and v < 1, "a number in [0, 1)"),
-    "model.name": (lambda v: isinstance(v, str) and v != "", "a timm model name"),
-    "scheduler.warmup_epochs": (_non_negative_number, "a number >= 0"),
-}
-
-
-def validate(cfg: DictConfig) -> None:
-    """Check the values every run relies on; raise one ConfigError naming the bad key and value."""
-    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
-    if missing:
-        raise ConfigError(f"required value(s) not set: {', '.join(missing)}; pass them as overrides, "
-                          f"e.g. {missing[0]}=...")
-    for key, (ok, valid) in SCHEMA.items():
-        try:
-            value = OmegaConf.select(cfg, key, throw_on_missing=True, default="__absent__")
-        except Exception as e:  # noqa: BLE001 - interpolation and missing-value errors
-            raise ConfigError(f"config value {key} cannot be read: {e}") from None
-        if value != "__absent__" and not ok(value):
-            raise ConfigError(f"{key}={value!r} is not valid: it must be {valid}")
 
 
 def check_targets(node, where: str) -> None:

@@ -14,8 +14,14 @@ from collections.abc import Callable
 import torch
 
 from transferlab.errors import ConfigError
+from transferlab.registry import Registry
 
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+# name -> (groups, cfg) -> optimizer; each reads its own keys of the optimizer config
+OPTIMIZERS = Registry("optimizer", "optimizer.name")
+OPTIMIZERS.register("sgd", lambda groups, cfg: torch.optim.SGD(
+    groups, lr=cfg.lr, momentum=cfg.get("momentum", 0.9), nesterov=cfg.get("nesterov", False)))
+OPTIMIZERS.register("adam", lambda groups, cfg: torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.get("betas", (0.9, 0.999)))))
+OPTIMIZERS.register("adamw", lambda groups, cfg: torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.get("betas", (0.9, 0.999)))))
 
 
 def param_groups(model, weight_decay: float, head_lr_mult: float = 1.0, layer_decay: float | None = None,
@@ -25,7 +31,7 @@ def param_groups(model, weight_decay: float, head_lr_mult: float = 1.0, layer_de
     Biases, norm weights (any tensor with one dimension) and the backbone's ``no_weight_decay()``
     names get no weight decay. Layer ``i`` of ``L`` fine layers trains at ``layer_decay ** (L - i)``.
     """
-    skip = set(model.backbone.no_weight_decay()) if hasattr(model.backbone, "no_weight_decay") else set()
+    skip = model.family.no_weight_decay(model.backbone)
     groups: dict[tuple, dict] = {}
 
     def add(key, name, p, scale, decay):
@@ -48,17 +54,13 @@ def param_groups(model, weight_decay: float, head_lr_mult: float = 1.0, layer_de
 
 def create_optimizer(model, cfg, stage_lr_scale=lambda stage: 1.0, extra=()) -> torch.optim.Optimizer:
     """timm-style factory: ``cfg.name`` picks the class, the rest of ``cfg`` its arguments."""
-    if cfg.name not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer '{cfg.name}'; valid: {', '.join(OPTIMIZERS)}")
+    make = OPTIMIZERS.get(cfg.name)
     if not isinstance(cfg.lr, (int, float)) or cfg.lr <= 0:
         raise ConfigError(f"optimizer.lr={cfg.lr!r}; the learning rate must be a positive number")
     groups = param_groups(model, cfg.weight_decay, cfg.head_lr_mult, cfg.get("layer_decay"), stage_lr_scale, extra)
     for g in groups:
         g["lr"] = cfg.lr * g["lr_scale"]
-    kwargs = {"sgd": dict(momentum=cfg.get("momentum", 0.9), nesterov=cfg.get("nesterov", False)),
-              "adam": dict(betas=tuple(cfg.get("betas", (0.9, 0.999)))),
-              "adamw": dict(betas=tuple(cfg.get("betas", (0.9, 0.999))))}[cfg.name]
-    return OPTIMIZERS[cfg.name](groups, lr=cfg.lr, **kwargs)
+    return make(groups, cfg)
 
 
 def _cosine(warmup: int, total: int, min_ratio: float):
@@ -82,20 +84,19 @@ def _constant(warmup: int):
     return factor
 
 
-SCHEDULERS = ("cosine", "step", "onecycle", "constant")
+SCHEDULERS = Registry("scheduler", "scheduler.name")  # name -> (optimizer, cfg, warmup, total, per_epoch) -> scheduler
+SCHEDULERS.register("cosine", lambda opt, cfg, warmup, total, per_epoch: torch.optim.lr_scheduler.LambdaLR(
+    opt, _cosine(warmup, total, cfg.get("min_lr_ratio", 0.0))))
+SCHEDULERS.register("step", lambda opt, cfg, warmup, total, per_epoch: torch.optim.lr_scheduler.LambdaLR(
+    opt, _step(warmup, max(1, int(cfg.step_epochs * per_epoch)), cfg.gamma)))
+SCHEDULERS.register("onecycle", lambda opt, cfg, warmup, total, per_epoch: torch.optim.lr_scheduler.OneCycleLR(
+    opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=max(total, 1), pct_start=cfg.pct_start))
+SCHEDULERS.register("constant", lambda opt, cfg, warmup, total, per_epoch: torch.optim.lr_scheduler.LambdaLR(
+    opt, _constant(warmup)))
 
 
 def create_scheduler(optimizer, cfg, total_steps: int, steps_per_epoch: int) -> dict:
     """A per-step schedule in Lightning's dict form; warm-up and step size are given in epochs."""
-    if cfg.name not in SCHEDULERS:
-        raise ConfigError(f"unknown scheduler '{cfg.name}'; valid: {', '.join(SCHEDULERS)}")
+    make = SCHEDULERS.get(cfg.name)
     warmup = int(round(cfg.get("warmup_epochs", 0) * steps_per_epoch))
-    if cfg.name == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
-                                                    total_steps=max(total_steps, 1), pct_start=cfg.pct_start)
-    else:
-        factor = {"cosine": lambda: _cosine(warmup, total_steps, cfg.get("min_lr_ratio", 0.0)),
-                  "step": lambda: _step(warmup, max(1, int(cfg.step_epochs * steps_per_epoch)), cfg.gamma),
-                  "constant": lambda: _constant(warmup)}[cfg.name]()
-        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    return {"scheduler": sched, "interval": "step", "frequency": 1}
+    return {"scheduler": make(optimizer, cfg, warmup, total_steps, steps_per_epoch), "interval": "step", "frequency": 1}

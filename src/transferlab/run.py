@@ -1,7 +1,8 @@
-"""The one run path: config -> factories -> module -> trainer -> run directory.
+"""The one run path: plan -> factories -> module -> trainer -> run directory.
 
-``tl-train``, ``tl-eval``, ``tl-reproduce`` and source runs all go through ``build`` and
-``create_trainer`` here; nothing else assembles a model, data or trainer.
+``tl-train``, ``tl-eval``, ``tl-reproduce`` and source runs all resolve their plan with
+``plan.resolve`` and assemble it with ``build`` and ``create_trainer`` here; nothing else assembles
+a model, data or trainer, and nothing here changes the plan.
 """
 from __future__ import annotations
 
@@ -10,56 +11,67 @@ import time
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning import Callback
 from pytorch_lightning.callbacks import ProgressBar, TQDMProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
-from timm.data import resolve_model_data_config
 
+from transferlab import metrics as names
 from transferlab import tracking
 from transferlab.callbacks import RandomState, SampleCounter
-from transferlab.checkpoints import StreamingCheckpointIO, create_checkpoints
-from transferlab.config import load_run_config, set_value, to_plain, validate
-from transferlab.data.datamodule import TransferDataModule, create_sources
+from transferlab.checkpoints import StreamingCheckpointIO, create_checkpoints, read_checkpoint
+from transferlab.config import to_plain
+from transferlab.data.datamodule import TransferDataModule, create_streams
 from transferlab.errors import ConfigError
-from transferlab.models import create_model, read_checkpoint
+from transferlab.models import create_model
 from transferlab.module import TransferModule
 from transferlab.optim import create_optimizer, create_scheduler
-from transferlab.source import prepare_source
-from transferlab.strategies import create_strategy
-from transferlab.tasks import add_source_task, create_loss_weighting, create_tasks
+from transferlab.plan import resolve
+from transferlab.strategies import Strategy, create_strategy
+from transferlab.tasks import create_loss_weighting, create_tasks, stream_of, task_specs
 
 log = logging.getLogger(__name__)
 
 
-def build(cfg, tasks=None):
-    """Tasks, data, model, strategy and module for a config; raises before any training starts."""
-    validate(cfg)
-    tasks = tasks or create_tasks(cfg.tasks, cfg.multitask.get("monitor"))
-    sources = create_sources(cfg.data, tasks)
-    model = create_model(cfg.model, tasks)
-    strategy = create_strategy(cfg.strategy)
-    strategy.check(model.num_stages, cfg.trainer.max_epochs)
+class Parts(NamedTuple):
+    module: TransferModule
+    datamodule: TransferDataModule
+    strategy: Strategy
+
+
+def build(plan) -> Parts:
+    """Data, tasks, model, strategy and module of a plan; raises before any training starts."""
+    monitor = plan.multitask.get("monitor")
+    specs = task_specs(plan.tasks, monitor)
+    streams = create_streams(plan.data, specs)
+    tasks = create_tasks(specs, {name: streams[stream_of(s["data"], name)]["splits"]["train"].classes[s["label"]]
+                                 for name, s in specs.items()})
+    model = create_model(plan.model, tasks)
+    strategy = create_strategy(plan.strategy)
+    strategy.check_fits(model, plan.trainer.max_epochs)
     module = TransferModule(
-        model, tasks, create_loss_weighting(cfg.multitask.loss_weighting, tasks),
-        optimizer_factory=partial(create_optimizer, cfg=cfg.optimizer,
+        model, tasks, create_loss_weighting(plan.multitask.loss_weighting, tasks),
+        optimizer_factory=partial(create_optimizer, cfg=plan.optimizer,
                                   stage_lr_scale=partial(strategy.lr_scale, num_stages=model.num_stages)),
-        scheduler_factory=partial(create_scheduler, cfg=cfg.scheduler),
-        monitor_task=cfg.multitask.get("monitor"), config=tracking.scrub(to_plain(cfg)))
-    augment = any(src["cfg"].augment.enabled for src in sources.values())
-    cache = strategy.caches_features(model.num_stages, cfg.trainer.max_epochs, augment)
-    module.inputs_are_features = cache
-    datamodule = TransferDataModule(sources, resolve_model_data_config(model.backbone), cfg.data,
-                                    cfg.multitask.sampling, features_from=model.backbone if cache else None,
-                                    store_dir=Path(cfg.paths.run_dir) / "features",
-                                    feature_cache=cfg.paths.get("feature_cache"))
-    return module, datamodule, strategy
+        scheduler_factory=partial(create_scheduler, cfg=plan.scheduler), monitor_task=monitor,
+        compile_backbone=bool(plan.model.get("compile")), config=tracking.scrub(to_plain(plan)))
+    augment = any(stream["cfg"].augment.enabled for stream in streams.values())
+    cache = strategy.caches_features(model.num_stages, plan.trainer.max_epochs, augment)
+    preprocessing = model.family.preprocessing(model.backbone)
+    datamodule = TransferDataModule(
+        streams, partial(model.family.create_transform, preprocessing), plan.data, plan.multitask.sampling,
+        features_from=model.backbone if cache else None, encode=model.encode,
+        precision=str(plan.trainer.get("precision", "32-true")), store_dir=Path(plan.paths.run_dir) / "features",
+        feature_cache=plan.paths.get("feature_cache"))
+    return Parts(module, datamodule, strategy)
 
 
-def create_trainer(cfg, run_dir: Path, callbacks=(), loggers=()) -> pl.Trainer:
-    kwargs = to_plain(cfg.trainer)
+def create_trainer(plan, run_dir: Path, callbacks=(), loggers=()) -> pl.Trainer:
+    kwargs = to_plain(plan.trainer)
     strategy = str(kwargs.get("strategy", ""))
     if "fsdp" in strategy and (kwargs.get("accelerator") == "cpu" or not torch.cuda.is_available()):
         raise ConfigError(f"trainer.strategy={kwargs['strategy']} shards the model across CUDA GPUs, and this run has "
@@ -80,35 +92,29 @@ def create_trainer(cfg, run_dir: Path, callbacks=(), loggers=()) -> pl.Trainer:
         raise ConfigError(f"trainer config is not valid ({chosen}): {str(e).splitlines()[0]}") from None
 
 
-def train(cfg, callbacks=()) -> dict:
+def train(cfg, callbacks: tuple[Callback, ...] = (), overrides: dict | None = None) -> dict:
     """Fit, test the best checkpoint, and leave a complete run directory; returns metrics.json's content.
 
-    ``callbacks`` are added to the Trainer's (for programmatic use and tests that watch training).
+    ``callbacks`` are added to the Trainer's (for programmatic use and tests that watch training);
+    ``overrides`` (key -> value) change ``cfg`` for this run (``plan.resolve``).
     """
-    if cfg.get("resume"):
-        cfg = resume_config(cfg.resume)
-    run_dir = Path(cfg.paths.run_dir)
-    validate(cfg)
-    create_strategy(cfg.strategy)  # a bad strategy setting fails before any source run is trained
-    add_source_task(cfg)
-    checkpoint = prepare_source(cfg, train)
-    if checkpoint:
-        set_value(cfg, "model.checkpoint", checkpoint)
-    pl.seed_everything(cfg.seed, workers=True)
-    module, datamodule, strategy = build(cfg)
+    plan = resolve(cfg, overrides, train_source=train)
+    run_dir = Path(plan.paths.run_dir)
+    pl.seed_everything(plan.seed, workers=True)
+    module, datamodule, strategy = build(plan)
     best, *checkpoints = create_checkpoints(run_dir)
     counter = SampleCounter()
     # The Trainer first: it settles this process's global rank, so only rank 0 writes files and W&B.
-    trainer = create_trainer(cfg, run_dir, [strategy, best, *checkpoints, counter, RandomState(), *callbacks])
-    config = to_plain(cfg)
+    trainer = create_trainer(plan, run_dir, [strategy, best, *checkpoints, counter, RandomState(), *callbacks])
+    config = to_plain(plan)
     if trainer.is_global_zero:
         tracking.write_yaml(run_dir / "config.yaml", config)
         tracking.write_json(run_dir / "env.json", tracking.environment())
-    trainer.loggers = loggers = tracking.create_loggers(cfg.logger, run_dir)
+    trainer.loggers = loggers = tracking.create_loggers(plan.logger, run_dir)
     with _finishing(loggers):
         tracking.log_config(loggers, config)
         start = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=plan.get("ckpt_path"))
         fit_seconds = time.perf_counter() - start
         samples = trainer.strategy.reduce(torch.tensor(float(counter.samples), device=module.device), reduce_op="sum")
         trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
@@ -116,8 +122,8 @@ def train(cfg, callbacks=()) -> dict:
                      verbose=False)
         metrics = _test_metrics(trainer)
         metrics.update({
-            "val/acc_best": float(module.val_acc_best), "strategy": strategy.name, "model": cfg.model.name,
-            "data": cfg.data.name, "seed": cfg.seed, "epochs": trainer.current_epoch,
+            names.BEST: float(module.val_acc_best), "strategy": strategy.name, "model": plan.model.name,
+            "data": plan.data.name, "seed": plan.seed, "epochs": trainer.current_epoch,
             "trainable_params": trainable, "total_params": sum(p.numel() for p in module.model.parameters()),
             "fit_seconds": round(fit_seconds, 3), "train_samples_per_second": round(float(samples) / fit_seconds, 2),
             "best_checkpoint": best.best_model_path or None,
@@ -139,21 +145,7 @@ def _finishing(loggers):
 
 
 def _test_metrics(trainer) -> dict:
-    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-
-
-def resume_config(run_dir):
-    """The interrupted run's own config, continuing from its last checkpoint in its own directory."""
-    cfg = load_run_config(run_dir)
-    last = Path(run_dir) / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        raise ConfigError(f"cannot resume '{run_dir}': it has no checkpoints/last.ckpt (it stopped before "
-                          f"the first epoch ended); start it again instead")
-    if (Path(run_dir) / "metrics.json").is_file():
-        raise ConfigError(f"'{run_dir}' already finished (metrics.json exists); nothing to resume")
-    set_value(cfg, "ckpt_path", str(last))
-    set_value(cfg, "paths.run_dir", str(Path(run_dir).resolve()))
-    return cfg
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if names.is_test(k)}
 
 
 def record_failure(cfg, error: BaseException) -> None:
@@ -164,20 +156,20 @@ def record_failure(cfg, error: BaseException) -> None:
             "model": cfg.model.get("name"), "data": cfg.data.get("name"), "seed": cfg.get("seed")})
 
 
-def evaluate(cfg, ckpt_path: str, run_dir: Path) -> dict:
-    """Test a checkpoint on ``cfg.data`` (its own run's data unless overridden); writes metrics.json."""
-    module, datamodule, _ = build(cfg)
+def evaluate(plan, ckpt_path: str, run_dir: Path) -> dict:
+    """Test a checkpoint on ``plan.data`` (its own run's data unless overridden); writes metrics.json."""
+    module, datamodule, _ = build(plan)
     state = read_checkpoint(ckpt_path)["state_dict"]
     missing, unexpected = module.load_state_dict(state, strict=False)
     if [k for k in missing if not k.startswith("metrics.")] or unexpected:
         raise ConfigError(f"checkpoint '{ckpt_path}' does not fit the model built from its config "
                           f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
-    trainer = create_trainer(cfg, run_dir)
-    trainer.loggers = loggers = tracking.create_loggers(cfg.logger, run_dir)
+    trainer = create_trainer(plan, run_dir)
+    trainer.loggers = loggers = tracking.create_loggers(plan.logger, run_dir)
     with _finishing(loggers):
         trainer.test(module, datamodule=datamodule, verbose=False)
         metrics = _test_metrics(trainer)
-        metrics.update({"checkpoint": str(ckpt_path), "model": cfg.model.name, "data": cfg.data.name})
+        metrics.update({"checkpoint": str(ckpt_path), "model": plan.model.name, "data": plan.data.name})
         if trainer.is_global_zero:
             tracking.write_json(run_dir / "metrics.json", metrics)
     return metrics

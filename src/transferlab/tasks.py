@@ -1,8 +1,8 @@
 """Tasks and loss weighting. A single-task run is the one-task case of the same code.
 
 A task names a label column of a dataset and a head. Tasks that read the run's own ``data`` share
-one data source (several label columns of the same images); a task with ``data`` overrides gets a
-data source of its own (e.g. digits 0-4 as an auxiliary task next to few-shot digits 5-9).
+one data stream (several label columns of the same images); a task with ``data`` overrides gets a
+stream of its own (e.g. digits 0-4 as an auxiliary task next to few-shot digits 5-9).
 """
 from __future__ import annotations
 
@@ -13,68 +13,72 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from transferlab.errors import ConfigError
+from transferlab.errors import ConfigError, DataError
+from transferlab.registry import Registry
+
+LOSS_WEIGHTING = Registry("loss weighting", "multitask.loss_weighting")
+TASK_KEYS = ("label", "num_classes", "weight", "data")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Task:
     name: str
-    label: str = "label"          # label column of the source dataset
-    num_classes: int | None = None  # None until read from the data
+    num_classes: int
+    class_names: list[str] = field(default_factory=list)
+    label: str = "label"          # label column of the task's dataset
     weight: float = 1.0
     data: dict = field(default_factory=dict)  # overrides of the run's data config; {} = the run's data
-    class_names: list[str] = field(default_factory=list)
 
     @property
-    def source(self) -> str:
+    def stream(self) -> str:
         """Tasks with identical data overrides read the same batches."""
-        return "data" if not self.data else f"data:{self.name}"
+        return stream_of(self.data, self.name)
 
 
-def create_tasks(tasks_cfg: DictConfig | dict, monitor: str | None = None) -> list[Task]:
-    """Tasks from the ``tasks`` mapping (name -> spec), checked before any data is read."""
+def stream_of(data: dict, task_name: str) -> str:
+    return "data" if not data else f"data:{task_name}"
+
+
+def task_specs(tasks_cfg: DictConfig | dict, monitor: str | None = None) -> dict[str, dict]:
+    """The ``tasks`` mapping (name -> spec) checked before any data is read; ``null`` entries dropped."""
     spec = OmegaConf.to_container(tasks_cfg, resolve=True) if isinstance(tasks_cfg, DictConfig) else dict(tasks_cfg)
-    if not any(spec.values()):
-        raise ConfigError("no tasks declared: `tasks` needs at least one entry, e.g. tasks.main.label=label")
-    tasks = []
+    specs = {}
     for name, t in spec.items():
         if t is None:  # `tasks.main=null` removes an inherited task
             continue
         t = dict(t)
-        unknown = set(t) - {"label", "num_classes", "weight", "data"}
+        unknown = set(t) - set(TASK_KEYS)
         if unknown:
-            raise ConfigError(f"task '{name}' has unknown keys {sorted(unknown)}; valid: label, num_classes, weight, data")
+            raise ConfigError(f"task '{name}' has unknown keys {sorted(unknown)}; valid: {', '.join(TASK_KEYS)}")
         weight = t.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
             raise ConfigError(f"task '{name}' has weight {weight!r}; loss weights must be finite numbers >= 0")
-        tasks.append(Task(name=str(name), label=t.get("label", "label"), num_classes=t.get("num_classes"),
-                          weight=float(weight), data=t.get("data") or {}))
-    if all(t.weight == 0 for t in tasks):
-        raise ConfigError(f"all task weights are zero ({', '.join(t.name for t in tasks)}): nothing would train")
-    if monitor is not None and monitor not in {t.name for t in tasks}:
-        raise ConfigError(f"multitask.monitor='{monitor}' is not a declared task; declared: {', '.join(t.name for t in tasks)}")
+        specs[str(name)] = {"label": t.get("label", "label"), "num_classes": t.get("num_classes"),
+                            "weight": float(weight), "data": t.get("data") or {}}
+    if not specs:
+        raise ConfigError("no tasks declared: `tasks` needs at least one entry, e.g. tasks.main.label=label")
+    if all(t["weight"] == 0 for t in specs.values()):
+        raise ConfigError(f"all task weights are zero ({', '.join(specs)}): nothing would train")
+    if monitor is not None and monitor not in specs:
+        raise ConfigError(f"multitask.monitor='{monitor}' is not a declared task; declared: {', '.join(specs)}")
+    return specs
+
+
+def create_tasks(specs: dict[str, dict], class_names: dict[str, list[str]]) -> list[Task]:
+    """Complete tasks: ``class_names[task]`` are the classes its data has in its label column."""
+    tasks = []
+    for name, spec in specs.items():
+        names = list(class_names[name])
+        if spec["num_classes"] is not None and spec["num_classes"] != len(names):
+            raise DataError(f"task '{name}' declares num_classes={spec['num_classes']} but its data has "
+                            f"{len(names)} classes in column '{spec['label']}' ({', '.join(names[:10])}); "
+                            f"drop num_classes or fix it")
+        tasks.append(Task(name=name, num_classes=len(names), class_names=names, label=spec["label"],
+                          weight=spec["weight"], data=spec["data"]))
     return tasks
 
 
-def add_source_task(cfg) -> None:
-    """Multi-task transfer: the source task (``source.overrides``) trains jointly, as a task named
-    ``source``, instead of first. Written into ``cfg.tasks`` so config.yaml records what ran."""
-    from transferlab.config import compose_config, set_value
-
-    if not cfg.multitask.get("source_task"):
-        return
-    if not cfg.get("source") or not cfg.source.get("overrides"):
-        raise ConfigError("multitask.source_task=true needs a source task (source=digits or source.overrides=[...])")
-    if cfg.tasks.get("source") is not None:
-        raise ConfigError("task 'source' is declared, but multitask.source_task=true adds the source task under that "
-                          "name; rename your task or set multitask.source_task=false")
-    source_data = compose_config(list(cfg.source.overrides)).data
-    set_value(cfg, "tasks.source", {"label": "label", "num_classes": None, "data": source_data,
-                                    "weight": cfg.multitask.source_weight})
-    set_value(cfg, "multitask.source_task", False)
-    set_value(cfg, "source.overrides", [])
-
-
+@LOSS_WEIGHTING.register("fixed")
 class FixedWeights(nn.Module):
     """Total loss = sum of w_i * L_i with the configured weights.
 
@@ -94,6 +98,7 @@ class FixedWeights(nn.Module):
         return dict(self.weights)
 
 
+@LOSS_WEIGHTING.register("uncertainty")
 class UncertaintyWeights(nn.Module):
     """Kendall et al. (2018): sum of L_i / (2 exp(s_i)) + s_i / 2, with s_i = log sigma_i^2 learned.
 
@@ -113,10 +118,5 @@ class UncertaintyWeights(nn.Module):
         return {name: float(0.5 * torch.exp(-s.detach())) for name, s in self.log_vars.items()}
 
 
-LOSS_WEIGHTING = {"fixed": FixedWeights, "uncertainty": UncertaintyWeights}
-
-
 def create_loss_weighting(name: str, tasks: list[Task]) -> nn.Module:
-    if name not in LOSS_WEIGHTING:
-        raise ConfigError(f"unknown loss_weighting '{name}'; valid: {', '.join(LOSS_WEIGHTING)}")
-    return LOSS_WEIGHTING[name](tasks)
+    return LOSS_WEIGHTING.create(name, tasks)

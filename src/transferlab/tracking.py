@@ -19,8 +19,10 @@ from pathlib import Path
 
 import torch
 import yaml
-from hydra.utils import instantiate
+from pytorch_lightning import loggers as pl_loggers
 from pytorch_lightning.utilities import rank_zero_only
+
+from transferlab.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,11 @@ SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
 PACKAGES = ("torch", "torchvision", "timm", "pytorch-lightning", "hydra-core", "omegaconf", "wandb",
             "torchmetrics", "numpy", "scikit-learn", "transferlab")
 REDACTED = "<redacted>"
+
+LOGGERS = Registry("logger", "logger.<name>.kind")  # each takes save_dir= and its own keys
+LOGGERS.register("csv", pl_loggers.CSVLogger)
+LOGGERS.register("wandb", pl_loggers.WandbLogger)
+LOGGERS.register("tensorboard", pl_loggers.TensorBoardLogger)
 
 
 def _secret_values() -> set[str]:
@@ -108,17 +115,18 @@ def create_loggers(logger_cfg, run_dir: Path) -> list:
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     loggers = []
-    for name, spec in (logger_cfg or {}).items():
+    for spec in (logger_cfg or {}).values():
         if spec is None:
             continue
-        logger = instantiate(spec, save_dir=str(run_dir))
-        if name == "wandb":
-            logger = _wandb_or_offline(logger, spec, run_dir)
+        kind, settings = spec["kind"], {k: v for k, v in dict(spec).items() if k != "kind"}
+        logger = LOGGERS.create(kind, save_dir=str(run_dir), **settings)
+        if kind == "wandb":
+            logger = _wandb_or_offline(logger, settings, run_dir)
         loggers.append(logger)
     return loggers
 
 
-def _wandb_or_offline(logger, spec, run_dir):
+def _wandb_or_offline(logger, settings, run_dir):
     """Start the W&B run now; if the server cannot be reached, warn and keep the run offline."""
     if not rank_zero_only.rank == 0:
         return logger
@@ -132,7 +140,7 @@ def _wandb_or_offline(logger, spec, run_dir):
 
         os.environ["WANDB_MODE"] = "offline"
         wandb.teardown()  # wandb keeps the failed mode in its process-wide settings otherwise
-        return instantiate(spec, save_dir=str(run_dir), offline=True)
+        return LOGGERS.create("wandb", save_dir=str(run_dir), **dict(settings, offline=True))
 
 
 def log_config(loggers, config: dict) -> None:

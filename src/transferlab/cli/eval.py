@@ -8,31 +8,30 @@ from omegaconf import DictConfig, OmegaConf
 
 from transferlab import CONF_DIR, run
 from transferlab.cli import user_errors
-from transferlab.config import check_targets, set_value
+from transferlab.checkpoints import read_checkpoint
+from transferlab.config import check_targets
 from transferlab.errors import ConfigError
-from transferlab.models import read_checkpoint
+from transferlab.plan import resolve
 
 
-def checkpoint_config(ckpt_path: str, cfg: DictConfig) -> DictConfig:
-    """The config a checkpoint was trained with, its weights coming from the checkpoint itself."""
+def checkpoint_plan(ckpt_path: str, cfg: DictConfig) -> DictConfig:
+    """The plan a checkpoint was trained with, its weights coming from the checkpoint itself."""
     hparams = read_checkpoint(ckpt_path).get("hyper_parameters", {})
     saved = hparams.get("config")
     if not saved:
         raise ConfigError(f"'{ckpt_path}' is not a transferlab checkpoint (it holds no run config); "
                           f"to start a run from foreign weights use tl-train model.checkpoint=...")
     check_targets(saved, f"the config inside '{ckpt_path}'")
-    run_cfg = OmegaConf.create(saved)
-    for key, value in {"model.checkpoint": None, "model.pretrained": False, "source": None,
-                       "paths.run_dir": cfg.paths.run_dir, "logger": cfg.logger,
-                       "trainer.devices": 1, "trainer.num_nodes": 1, "trainer.strategy": "auto"}.items():
-        set_value(run_cfg, key, value)
-    if run_cfg.logger and "wandb" in run_cfg.logger:
-        set_value(run_cfg, "logger.wandb.job_type", "eval")  # tell evaluations apart from training runs
+    overrides = {"model.checkpoint": None, "model.pretrained": False, "source": None, "resume": None,
+                 "ckpt_path": None, "paths.run_dir": cfg.paths.run_dir, "logger": OmegaConf.to_container(cfg.logger, resolve=False),
+                 "trainer.devices": 1, "trainer.num_nodes": 1, "trainer.strategy": "auto"}
+    if cfg.logger and "wandb" in cfg.logger:
+        overrides["logger.wandb.job_type"] = "eval"  # tell evaluations apart from training runs
     for task in hparams.get("tasks", []):  # a dataset with another class count is then a clear error
-        set_value(run_cfg, f"tasks.{task['name']}.num_classes", task["num_classes"])
+        overrides[f"tasks.{task['name']}.num_classes"] = task["num_classes"]
     if cfg.get("data") is not None:
-        set_value(run_cfg, "data", cfg.data)
-    return run_cfg
+        overrides["data"] = OmegaConf.to_container(cfg.data, resolve=False)
+    return resolve(OmegaConf.create(saved), overrides)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
@@ -40,7 +39,7 @@ def task(cfg: DictConfig) -> None:
     with user_errors():
         if OmegaConf.is_missing(cfg, "ckpt_path"):
             raise ConfigError("ckpt_path is required: tl-eval ckpt_path=PATH/TO/checkpoints/best.ckpt [data=...]")
-        metrics = run.evaluate(checkpoint_config(cfg.ckpt_path, cfg), cfg.ckpt_path, Path(cfg.paths.run_dir))
+        metrics = run.evaluate(checkpoint_plan(cfg.ckpt_path, cfg), cfg.ckpt_path, Path(cfg.paths.run_dir))
     print(f"run directory: {cfg.paths.run_dir}")
     print("  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if isinstance(v, float)))
 

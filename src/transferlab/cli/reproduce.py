@@ -14,8 +14,7 @@ from pathlib import Path
 
 from transferlab.cli import user_errors
 from transferlab.errors import ConfigError
-
-COMPARED = ("test/acc", "test/f1", "test/precision", "test/recall", "val/acc_best")
+from transferlab.metrics import COMPARED
 
 
 def _read_json(path: Path) -> dict:
@@ -39,7 +38,7 @@ def _check_version(run_dir: Path, allow: bool) -> None:
 
 def reproduce(run_dir: Path, out: Path | None, allow_version_change: bool, tolerance: float | None):
     from transferlab import run
-    from transferlab.config import load_run_config, set_value
+    from transferlab.config import load_run_config
 
     cfg = load_run_config(run_dir)
     metrics_file = run_dir / "metrics.json"
@@ -50,16 +49,14 @@ def reproduce(run_dir: Path, out: Path | None, allow_version_change: bool, toler
     _check_version(run_dir, allow_version_change)
     out = out or run_dir.parent / f"{run_dir.name}-reproduced-{time.strftime('%Y%m%d-%H%M%S')}"
     # Everything is computed again: no features from the shared cache either.
-    for key, value in {"paths.run_dir": str(out), "ckpt_path": None, "resume": None,
-                       "paths.feature_cache": None}.items():
-        set_value(cfg, key, value)
+    overrides = {"paths.run_dir": str(out), "ckpt_path": None, "resume": None, "paths.feature_cache": None}
     if cfg.model.get("checkpoint") and not Path(cfg.model.checkpoint).is_file() and cfg.source.get("overrides"):
-        set_value(cfg, "model.checkpoint", None)  # the cached source run is gone: train it again
+        overrides["model.checkpoint"] = None  # the cached source run is gone: train it again
     if tolerance is None:  # CPU runs are deterministic here; GPU kernels may not be
         env = _read_json(run_dir / "env.json") if (run_dir / "env.json").is_file() else {}
         on_gpu = env.get("device", {}).get("cuda", True) and cfg.trainer.accelerator != "cpu"
         tolerance = 0.01 if on_gpu else 0.0
-    new = run.train(cfg)
+    new = run.train(cfg, overrides=overrides)
     return old, new, tolerance, out
 
 

@@ -12,10 +12,11 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from transferlab import CONF_DIR, run
 from transferlab.cli import log, user_errors
+from transferlab.metrics import HEADLINE
 
 
 def _summary(metrics: dict, run_dir) -> str:
-    keys = [k for k in ("test/acc", "test/f1", "val/acc_best") if k in metrics]
+    keys = [k for k in HEADLINE if k in metrics]
     return (f"run directory: {run_dir}\n" + "  ".join(f"{k}={metrics[k]:.4f}" for k in keys) +
             f"  ({metrics['strategy']}, {metrics['trainable_params']:,} of {metrics['total_params']:,} "
             f"parameters trained, {metrics['fit_seconds']:.1f}s)")

@@ -1,21 +1,19 @@
-"""Target datasets: one module per kind, chosen by ``data.kind``; ``create_splits`` applies class
-subsets and few-shot sampling the same way for every kind."""
+"""Target datasets: one module per kind, registered under its ``data.kind``; ``create_splits``
+applies class subsets and few-shot sampling the same way for every kind."""
 from __future__ import annotations
 
-from importlib import import_module
+from collections.abc import Mapping
 
-from transferlab.data.base import LabeledImages, few_shot, select_classes
+from transferlab.data import csv, digits, image_folder, synthetic, torchvision_sets  # noqa: F401 - register kinds
+from transferlab.data.base import KINDS, LabeledImages, few_shot, select_classes
 from transferlab.errors import ConfigError, DataError
 
-KINDS = {"digits": "digits", "synthetic": "synthetic", "image_folder": "image_folder", "csv": "csv",
-         "torchvision": "torchvision_sets"}
+__all__ = ["KINDS", "batch_size", "create_splits"]
 
 
 def create_splits(cfg, label_column: str = "label") -> dict[str, LabeledImages]:
     """train/val/test views of one dataset, after ``classes`` (subset) and ``train_per_class`` (few-shot)."""
-    if cfg.kind not in KINDS:
-        raise ConfigError(f"unknown data.kind '{cfg.kind}'; valid: {', '.join(KINDS)}")
-    splits = import_module(f"transferlab.data.{KINDS[cfg.kind]}").create(cfg)
+    splits = KINDS.create(cfg.kind, cfg)
     columns = splits["train"].classes
     if (cfg.get("classes") is not None or cfg.get("train_per_class")) and label_column not in columns:
         raise ConfigError(f"label column '{label_column}' does not exist in data '{cfg.get('name', cfg.kind)}'; "
@@ -29,3 +27,8 @@ def create_splits(cfg, label_column: str = "label") -> dict[str, LabeledImages]:
             raise DataError(f"the {name} split of data '{cfg.get('name', cfg.kind)}' is empty; "
                             f"check data.root / data.classes / the split fractions")
     return splits
+
+
+def batch_size(inputs: Mapping) -> int:
+    """Items in a batch of inputs (a mapping of tensors with the batch first, whatever the modality)."""
+    return next(iter(inputs.values())).shape[0]

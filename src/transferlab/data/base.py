@@ -8,8 +8,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from transferlab.errors import DataError
+from transferlab.registry import Registry
 
 SPLITS = ("train", "val", "test")
+KINDS = Registry("data kind", "data.kind")  # one module per kind registers its ``create(cfg)``
 
 
 class LabeledImages(Dataset):

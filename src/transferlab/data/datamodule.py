@@ -1,12 +1,15 @@
-"""The LightningDataModule: one data source per distinct dataset among the tasks, batches per source.
+"""The LightningDataModule: one data stream per distinct dataset among the tasks, batches per stream.
 
-Training batches are a dict ``{source: (images, {column: labels})}`` drawn by Lightning's
-``CombinedLoader``; its mode defines an epoch: ``max_size_cycle`` (default) is one pass over the
-largest source while smaller ones cycle, ``min_size`` stops with the smallest, ``sequential`` runs
-sources one after another. Validation and test iterate every source once, in task order.
+A batch is ``(inputs, {column: labels})`` where ``inputs`` is a mapping the model reads
+(``{"pixel_values": ...}`` from the model family's transform, ``{"features": ...}`` from cached
+features). Training batches are a dict ``{stream: batch}`` drawn by Lightning's ``CombinedLoader``;
+its mode defines an epoch: ``max_size_cycle`` (default) is one pass over the largest stream while
+smaller ones cycle, ``min_size`` stops with the smallest, ``sequential`` runs streams one after
+another. Validation and test iterate every stream once, in task order.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -17,9 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from transferlab.data import create_splits
 from transferlab.data.features import FeatureSet, as_batch, backbone_digest, cached_features
-from transferlab.data.transforms import create_transform
-from transferlab.errors import ConfigError, DataError
-from transferlab.tasks import Task
+from transferlab.errors import ConfigError
 
 
 class Transformed(Dataset):
@@ -30,79 +31,75 @@ class Transformed(Dataset):
         return len(self.base)
 
     def __getitem__(self, i):
-        image, labels = self.base[i]
-        return self.transform(image), labels
+        raw, labels = self.base[i]
+        return self.transform(raw), labels
 
 
-def create_sources(data_cfg, tasks: list[Task]) -> dict[str, dict]:
-    """Build each source's splits once, check every task's label column and class count, fill them in."""
-    sources = {}
-    for task in tasks:
-        if task.source not in sources:
-            cfg = OmegaConf.merge(data_cfg, task.data) if task.data else data_cfg
-            sources[task.source] = {"cfg": cfg, "splits": create_splits(cfg, task.label)}
-        train = sources[task.source]["splits"]["train"]
-        if task.label not in train.classes:
-            raise ConfigError(f"task '{task.name}' reads label column '{task.label}', which data "
+def create_streams(data_cfg, specs: dict[str, dict]) -> dict[str, dict]:
+    """Each stream's config and splits, built once, with every task's label column checked.
+
+    ``specs``: task name -> spec (``tasks.task_specs``); returns stream -> ``{"cfg", "splits"}``."""
+    from transferlab.tasks import stream_of
+
+    streams = {}
+    for name, spec in specs.items():
+        stream = stream_of(spec["data"], name)
+        if stream not in streams:
+            cfg = OmegaConf.merge(data_cfg, spec["data"]) if spec["data"] else data_cfg
+            streams[stream] = {"cfg": cfg, "splits": create_splits(cfg, spec["label"])}
+        train = streams[stream]["splits"]["train"]
+        if spec["label"] not in train.classes:
+            raise ConfigError(f"task '{name}' reads label column '{spec['label']}', which data "
                               f"'{data_cfg.get('name', data_cfg.kind)}' does not have; columns: {', '.join(train.classes)}")
-        names = train.classes[task.label]
-        if task.num_classes is not None and task.num_classes != len(names):
-            raise DataError(f"task '{task.name}' declares num_classes={task.num_classes} but its data has "
-                            f"{len(names)} classes in column '{task.label}' ({', '.join(names[:10])}); "
-                            f"drop num_classes or fix it")
-        task.num_classes, task.class_names = len(names), list(names)
-    return sources
+    return streams
 
 
 class TransferDataModule(LightningDataModule):
-    """``features_from``: a frozen backbone whose outputs are cached per split (no augmentation then);
-    loaders then yield features instead of images. ``feature_cache`` shares them across runs;
-    without it, ``store_dir`` keeps large ones on disk for this run."""
+    """``transform(cfg, train)``: the model family's raw item -> inputs, per stream config.
 
-    def __init__(self, sources: dict[str, dict], model_data_config: dict, loader_cfg, mode: str = "max_size_cycle",
-                 features_from: torch.nn.Module | None = None, store_dir=None, feature_cache=None):
+    ``features_from``/``encode``: a frozen backbone whose outputs are cached per split (no
+    augmentation then), extracted under ``precision`` as the trainer computes; loaders then yield
+    features. ``feature_cache`` shares them across runs; without it, ``store_dir`` keeps large ones
+    on disk for this run."""
+
+    def __init__(self, streams: dict[str, dict], transform: Callable, loader_cfg, mode: str = "max_size_cycle",
+                 features_from: torch.nn.Module | None = None, encode: Callable | None = None,
+                 precision: str = "32-true", store_dir=None, feature_cache=None):
         super().__init__()
-        self.sources, self.loader_cfg, self.mode = sources, loader_cfg, mode
-        self.features_from, self.store_dir, self.feature_cache = features_from, store_dir, feature_cache
+        self.streams, self.loader_cfg, self.mode = streams, loader_cfg, mode
+        self.features_from, self.encode, self.precision = features_from, encode, precision
+        self.store_dir, self.feature_cache = store_dir, feature_cache
         self._digest = None  # of the frozen backbone: hashed once, not once per split
-        if mode not in ("max_size_cycle", "min_size", "max_size", "sequential"):
-            raise ConfigError(f"unknown multitask.sampling '{mode}'; valid: max_size_cycle, min_size, max_size, sequential")
         self.datasets = {}
-        for name, src in sources.items():
-            cfg = src["cfg"]
-            for split, ds in src["splits"].items():
+        for name, stream in streams.items():
+            for split, ds in stream["splits"].items():
                 augment = split == "train" and features_from is None
-                tf = create_transform(model_data_config, cfg.augment, train=augment, input_size=cfg.get("input_size"))
-                self.datasets[(name, split)] = Transformed(ds, tf)
+                self.datasets[(name, split)] = Transformed(ds, transform(stream["cfg"], augment))
 
-    def _loader(self, source: str, split: str) -> DataLoader:
+    def _loader(self, stream: str, split: str) -> DataLoader:
         c = self.loader_cfg
-        if c.batch_size <= 0:
-            raise ConfigError(f"data.batch_size={c.batch_size}; it must be a positive integer")
         workers = c.num_workers
         pin = torch.cuda.is_available() if c.get("pin_memory") is None else c.pin_memory
-        dataset, collate = self.datasets[(source, split)], None
+        dataset, collate = self.datasets[(stream, split)], None
         if self.features_from is not None:
             if not isinstance(dataset, FeatureSet):
-                store = self.store_dir and Path(self.store_dir) / f"{source.replace(':', '_')}_{split}.npy"
+                store = self.store_dir and Path(self.store_dir) / f"{stream.replace(':', '_')}_{split}.npy"
                 if self.feature_cache and self._digest is None:
                     self._digest = backbone_digest(self.features_from)
-                trainer = self.trainer
-                dataset = self.datasets[(source, split)] = cached_features(
-                    self.features_from, dataset, c.batch_size, workers, store=store, digest=self._digest,
-                    cache_dir=self.feature_cache and Path(self.feature_cache),
-                    precision=str(trainer.precision) if trainer is not None else "32-true",
-                    autocast=trainer.precision_plugin.forward_context() if trainer is not None else None)
+                dataset = self.datasets[(stream, split)] = cached_features(
+                    self.features_from, self.encode, dataset, c.batch_size, workers, store=store,
+                    digest=self._digest, cache_dir=self.feature_cache and Path(self.feature_cache),
+                    precision=self.precision)
             workers, pin, collate = 0, False, as_batch  # features are already tensors in memory
         return DataLoader(dataset, batch_size=c.batch_size, shuffle=split == "train", collate_fn=collate,
                           num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
                           drop_last=False)
 
     def train_dataloader(self):
-        return CombinedLoader({name: self._loader(name, "train") for name in self.sources}, mode=self.mode)
+        return CombinedLoader({name: self._loader(name, "train") for name in self.streams}, mode=self.mode)
 
     def val_dataloader(self):
-        return [self._loader(name, "val") for name in self.sources]
+        return [self._loader(name, "val") for name in self.streams]
 
     def test_dataloader(self):
-        return [self._loader(name, "test") for name in self.sources]
+        return [self._loader(name, "test") for name in self.streams]

@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +45,11 @@ class FeatureSet(Dataset):
         return len(self.features)
 
     def __getitem__(self, i):
-        return self.features[i], {k: v[i] for k, v in self.labels.items()}
+        return {"features": self.features[i]}, {k: v[i] for k, v in self.labels.items()}
 
     def __getitems__(self, indices):
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.features[idx], {k: v[idx] for k, v in self.labels.items()}
+        return {"features": self.features[idx]}, {k: v[idx] for k, v in self.labels.items()}
 
 
 def as_batch(batch):
@@ -56,16 +57,17 @@ def as_batch(batch):
     return batch
 
 
-def cached_features(backbone: torch.nn.Module, dataset, batch_size: int, num_workers: int, *,
+def cached_features(backbone: torch.nn.Module, encode, dataset, batch_size: int, num_workers: int, *,
                     cache_dir: Path | None = None, store: Path | None = None, precision: str = "32-true",
-                    autocast=None, max_memory_gb: float = 2.0, digest: str | None = None) -> FeatureSet:
+                    max_memory_gb: float = 2.0, digest: str | None = None) -> FeatureSet:
     """The backbone's features of ``dataset`` (a ``Transformed`` view): from the shared cache under
     ``cache_dir`` when an earlier run extracted them, else extracted (and published there).
-    ``digest``: ``backbone_digest(backbone)``, when the caller already has it (one per run, not per split).
+    ``encode(inputs)`` computes them (the model's, so families differ only there); ``digest``:
+    ``backbone_digest(backbone)``, when the caller already has it (one per run, not per split).
 
-    ``autocast``: the trainer's precision context, so features match what the uncached run computes.
-    No activations are kept, so GPU batches are twice the training size (on a CPU, larger batches
-    only spill out of cache and run slower)."""
+    ``precision``: the trainer's, so features match what the uncached run computes (mixed precision
+    runs under the same autocast). No activations are kept, so GPU batches are twice the training
+    size (on a CPU, larger batches only spill out of cache and run slower)."""
     key = None
     if cache_dir is not None:
         cache_dir = Path(cache_dir)
@@ -75,18 +77,25 @@ def cached_features(backbone: torch.nn.Module, dataset, batch_size: int, num_wor
         if hit is not None:
             log.info("reused %d cached backbone features from %s", len(dataset), cache_dir / key)
             return hit
-    if next(backbone.parameters()).is_cuda:
+    device = next(backbone.parameters()).device
+    if device.type == "cuda":
         batch_size *= 2
     # Leave the global RNG as it was, so cached training shuffles exactly like uncached training.
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), (autocast or nullcontext()):
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), autocast(precision, device):
         tmp = _reserve(cache_dir, key) if key is not None else None
+        extract = partial(_extract, backbone, encode, dataset, batch_size, num_workers, max_memory_gb=max_memory_gb)
         if tmp is None:
-            return _extract(backbone, dataset, batch_size, num_workers, store, max_memory_gb)
+            return extract(store)
         try:
-            return _publish(_extract(backbone, dataset, batch_size, num_workers, tmp / "features.npy", max_memory_gb),
-                            tmp, cache_dir / key)
+            return _publish(extract(tmp / "features.npy"), tmp, cache_dir / key)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # gone after a successful publish; else a loser's or a failure's
+
+
+def autocast(precision: str, device: torch.device):
+    """The autocast Lightning's mixed-precision plugins run the forward pass under (none otherwise)."""
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def backbone_digest(backbone: torch.nn.Module) -> str:
@@ -152,14 +161,16 @@ def _publish(result: FeatureSet, tmp: Path, entry: Path) -> FeatureSet:
     return result
 
 
-def _extract(backbone, dataset, batch_size, num_workers, store, max_memory_gb) -> FeatureSet:
-    device = next(backbone.parameters()).device
+def _extract(backbone, encode, dataset, batch_size, num_workers, store, max_memory_gb) -> FeatureSet:
+    weight = next(backbone.parameters())
     was_training = backbone.training
     backbone.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     features, labels, start = None, {}, 0
-    for x, y in loader:
-        f = backbone(x.to(device, non_blocking=True)).float().cpu()
+    for inputs, y in loader:
+        inputs = {k: v.to(weight.device, dtype=weight.dtype if v.is_floating_point() else v.dtype, non_blocking=True)
+                  for k, v in inputs.items()}
+        f = encode(inputs).float().cpu()
         if features is None:
             shape = (len(dataset), f.shape[1])
             if store is not None and shape[0] * shape[1] * 4 > max_memory_gb * 2**30:

@@ -15,6 +15,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from transferlab import metrics as names
 from transferlab.errors import TransferlabError
 from transferlab.report import Report, write_report
 
@@ -37,10 +38,10 @@ def log_to_wandb(report: Report, config: DictConfig) -> None:
     project = OmegaConf.select(config, "logger.wandb.project", default=None) or "transferlab"
     group = OmegaConf.select(config, "experiment_name", default=None)
     out = report.paths[0].parent
-    columns = ["setting", "best", "n_seeds", "test/acc", "test/acc_std", "test/f1", "test/f1_std",
+    columns = ["setting", "best", "n_seeds", *(c for m in names.SHOWN for c in (m, f"{m}_std")),
                "trainable_params", "fit_seconds"]
-    data = [[r.label, r.best, len(r.runs), r.mean("test/acc"), r.std("test/acc"), r.mean("test/f1"),
-             r.std("test/f1"), r.mean("trainable_params"), r.mean("fit_seconds")] for r in report.rows]
+    data = [[r.label, r.best, len(r.runs), *(v for m in names.SHOWN for v in (r.mean(m), r.std(m))),
+             r.mean("trainable_params"), r.mean("fit_seconds")] for r in report.rows]
     run = wandb.init(project=project, group=group, job_type="report", name=f"report-{group}", dir=str(out),
                      mode=os.environ.get("WANDB_MODE", "offline"),
                      config={"sweep_dir": str(out.resolve()), "runs": len(report.runs)})

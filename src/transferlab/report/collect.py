@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from transferlab import metrics as names
+
 # Folders inside a run that hold files with run-like names (W&B's files/config.yaml, Hydra's own copy).
 NOT_RUNS = {"wandb", ".hydra", "csv", "checkpoints", "tensorboard"}
 
@@ -79,7 +81,7 @@ def find_runs(dirs) -> list[Run]:
     return [read_run(d) for d in sorted(found)]
 
 
-def read_history(run_dir: Path, metric: str = "val/acc") -> dict[int, float]:
+def read_history(run_dir: Path, metric: str = names.MONITOR) -> dict[int, float]:
     """``metric`` per epoch from the CSV logger; Lightning leaves the cells of other rows empty."""
     path = Path(run_dir) / "csv" / "metrics.csv"
     if not path.is_file():

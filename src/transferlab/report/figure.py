@@ -13,11 +13,12 @@ matplotlib.use("Agg")  # a sweep's last job or a headless server has no display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from transferlab import metrics as names  # noqa: E402
 from transferlab.report.collect import read_history  # noqa: E402
 from transferlab.report.table import Row  # noqa: E402
 
 
-def mean_curve(row: Row, metric: str = "val/acc") -> tuple[list[int], list[float], list[float]]:
+def mean_curve(row: Row, metric: str = names.MONITOR) -> tuple[list[int], list[float], list[float]]:
     """Epochs, mean and std over the row's seeds of ``metric``, epochs where at least one seed logged it."""
     histories = [h for h in (read_history(r.dir, metric) for r in row.runs) if h]
     epochs = sorted(set().union(*histories)) if histories else []
@@ -26,7 +27,7 @@ def mean_curve(row: Row, metric: str = "val/acc") -> tuple[list[int], list[float
             [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values])
 
 
-def plot(rows: list[Row], path: Path, metric: str = "test/acc") -> Path:
+def plot(rows: list[Row], path: Path, metric: str = names.PRIMARY) -> Path:
     """Horizontal bars, so long labels (strategy, model, overrides) stay on one readable line."""
     colors = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20").colors
     color = {row.label: colors[i % len(colors)] for i, row in enumerate(rows)}
@@ -70,8 +71,8 @@ def plot(rows: list[Row], path: Path, metric: str = "test/acc") -> Path:
     curves.xaxis.set_major_locator(MaxNLocator(integer=True))
     curves.set_ylim(0, 1.05)
     curves.set_xlabel("epoch")
-    curves.set_ylabel("val/acc")
-    curves.set_title("val/acc per epoch: mean over seeds" + (" (band: ± std)" if bands else ""))
+    curves.set_ylabel(names.MONITOR)
+    curves.set_title(f"{names.MONITOR} per epoch: mean over seeds" + (" (band: ± std)" if bands else ""))
     curves.grid(alpha=0.3)
 
     fig.savefig(path, dpi=110)

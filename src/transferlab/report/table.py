@@ -12,13 +12,14 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from transferlab import metrics as names
 from transferlab.report.collect import Run
 
 # Config keys that differ between seeds of the same setting without changing it.
 RUN_SPECIFIC = ("seed", "paths", "hydra", "logger", "ckpt_path", "model.checkpoint", "experiment_name",
                 "source.cache_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary")
-SHOWN = ("test/acc", "test/f1")  # report.md
-METRICS = SHOWN + ("test/precision", "test/recall", "val/acc_best")  # report.csv
+SHOWN = names.SHOWN  # report.md
+METRICS = names.COMPARED  # report.csv
 NAMED_GROUPS = ("model", "data")  # shown by their name alone; other groups as group=name
 
 
@@ -119,13 +120,13 @@ def build_rows(runs: list[Run]) -> tuple[list[Row], dict[Path, str]]:
         if r.status == "finished":
             grouped.setdefault(run_labels[r.dir], []).append(r)
     rows = [Row(label, sorted(rs, key=_seed_order)) for label, rs in grouped.items()]
-    rows.sort(key=lambda row: (_descending(row.mean("test/acc")), row.label))
-    if rows and not math.isnan(rows[0].mean("test/acc")):
+    rows.sort(key=lambda row: (_descending(row.mean(names.PRIMARY)), row.label))
+    if rows and not math.isnan(rows[0].mean(names.PRIMARY)):
         rows[0].best = True
     return rows, run_labels
 
 
-def significance(rows: list[Row], metric: str = "test/acc") -> str | None:
+def significance(rows: list[Row], metric: str = names.PRIMARY) -> str | None:
     """A one-line warning when the winner is not clearly ahead of the runner-up."""
     if len(rows) < 2 or not rows[0].best:
         return None

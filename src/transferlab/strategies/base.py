@@ -19,21 +19,22 @@ import logging
 from pytorch_lightning import Callback
 
 from transferlab.errors import ConfigError
+from transferlab.registry import Registry
 
 log = logging.getLogger(__name__)
 
-BN_POLICIES = ("train", "frozen")
+BN_POLICIES = ("train", "frozen")  # checked with the other config values (config.SCHEMA)
+STRATEGIES = Registry("strategy", "strategy.kind")  # one module per strategy registers its class
 
 
 class Strategy(Callback):
     name = "strategy"
+    needs_stages = False  # True when the strategy freezes some stages and not others
 
     def __init__(self, bn: str = "train", cache_features: bool | None = None, name: str | None = None):
         """``name`` relabels the strategy in metrics and reports (e.g. finetune from random init = 'scratch')."""
         if name:
             self.name = name
-        if bn not in BN_POLICIES:
-            raise ConfigError(f"strategy.bn='{bn}' is not a BatchNorm policy; valid: {', '.join(BN_POLICIES)}")
         self.bn = bn
         self.cache_features = cache_features
         self._frozen_norms = []
@@ -50,6 +51,13 @@ class Strategy(Callback):
 
     def check(self, num_stages: int, max_epochs: int) -> None:
         """Raise ConfigError before training when the settings do not fit the model."""
+
+    def check_fits(self, model, max_epochs: int) -> None:
+        if self.needs_stages and not model.has_stages:
+            raise ConfigError(f"strategy '{self.name}' freezes some backbone stages and not others, but model "
+                              f"'{model.family.cfg.get('name')}' has no stage grouping; use finetune, "
+                              f"linear_probe or lp_ft, or a model whose family groups its layers")
+        self.check(model.num_stages, max_epochs)
 
     def backbone_always_frozen(self, num_stages: int, max_epochs: int) -> bool:
         """True when no backbone parameter or statistic ever changes, so features can be cached."""

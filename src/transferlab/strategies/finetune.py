@@ -1,6 +1,7 @@
 """Full fine-tuning: every parameter trains (from the source weights, or from scratch without any)."""
-from transferlab.strategies.base import Strategy
+from transferlab.strategies.base import STRATEGIES, Strategy
 
 
+@STRATEGIES.register("finetune")
 class Finetune(Strategy):
     name = "finetune"

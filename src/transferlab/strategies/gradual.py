@@ -1,11 +1,13 @@
 """Gradual unfreezing (ULMFiT): the head trains alone, then one more stage from the top joins it at
 each milestone epoch (``stages_per_milestone`` at a time) until the whole backbone trains."""
 from transferlab.errors import ConfigError
-from transferlab.strategies.base import Strategy
+from transferlab.strategies.base import STRATEGIES, Strategy
 
 
+@STRATEGIES.register("gradual")
 class Gradual(Strategy):
     name = "gradual"
+    needs_stages = True
 
     def __init__(self, milestones=(1, 2, 3, 4), stages_per_milestone: int = 1, bn: str = "train", **kwargs):
         super().__init__(bn=bn, **kwargs)

@@ -1,7 +1,8 @@
 """Feature extraction: the backbone stays exactly the source model; only the new head trains."""
-from transferlab.strategies.base import Strategy
+from transferlab.strategies.base import STRATEGIES, Strategy
 
 
+@STRATEGIES.register("linear_probe")
 class LinearProbe(Strategy):
     name = "linear_probe"
 

@@ -1,10 +1,12 @@
 """Partial freezing: the first ``freeze_stages`` stages (input side) stay frozen, the rest train."""
 from transferlab.errors import ConfigError
-from transferlab.strategies.base import Strategy
+from transferlab.strategies.base import STRATEGIES, Strategy
 
 
+@STRATEGIES.register("partial")
 class Partial(Strategy):
     name = "partial"
+    needs_stages = True
 
     def __init__(self, freeze_stages: int = 2, bn: str = "train", **kwargs):
         super().__init__(bn=bn, **kwargs)

@@ -1,0 +1,41 @@
+"""Metric names and the metrics behind them: the one place that spells them.
+
+``<split>/<metric>`` for a single task; ``<split>/<task>/<metric>`` per task when there are several,
+plus the monitored task under ``<split>/<metric>``. W&B, the CSV log, metrics.json, checkpoints,
+the report and tl-reproduce all ask here.
+"""
+from __future__ import annotations
+
+SPLITS = ("train", "val", "test")
+CLASSIFICATION = ("acc", "precision", "recall", "f1")  # per evaluated task and split
+
+MONITOR = "val/acc"  # selects best.ckpt
+BEST = "val/acc_best"  # the best MONITOR value of a run (metrics.json; the default sweep objective)
+LOSS = "train/loss"
+PRIMARY = "test/acc"  # what the report ranks by
+HEADLINE = ("test/acc", "test/f1", BEST)  # printed at the end of a run
+SHOWN = ("test/acc", "test/f1")  # report.md columns
+COMPARED = ("test/acc", "test/f1", "test/precision", "test/recall", BEST)  # report.csv, tl-reproduce
+
+
+def name(split: str, metric: str, task: str | None = None) -> str:
+    """``val/acc``, or ``val/<task>/acc`` for one task of several (``task=None``: the run as a whole)."""
+    return f"{split}/{metric}" if task is None else f"{split}/{task}/{metric}"
+
+
+def is_test(key: str) -> bool:
+    return key.startswith("test/")
+
+
+def create_metrics(num_classes: int):
+    """The classification metrics of one task and split (torchmetrics, imported only when a run starts)."""
+    from torchmetrics import MetricCollection
+    from torchmetrics.classification import (MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision,
+                                             MulticlassRecall)
+
+    return MetricCollection({
+        "acc": MulticlassAccuracy(num_classes, average="micro"),
+        "precision": MulticlassPrecision(num_classes, average="macro"),
+        "recall": MulticlassRecall(num_classes, average="macro"),
+        "f1": MulticlassF1Score(num_classes, average="macro"),
+    })

@@ -1,0 +1,128 @@
+"""The timm family: any ``timm`` model as an image backbone (``model.family=timm``, the default).
+
+timm's own ``group_matcher`` gives the stages and layers, so ResNets, ViTs and ConvNeXts freeze and
+decay alike; its pretrained data config gives mean/std/input size to the image transforms.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlparse
+
+import timm
+import torch
+from torch import nn
+
+from transferlab.errors import ConfigError, suggest
+from transferlab.models.base import FAMILIES, Family
+
+
+class ImageInputs:
+    """An image transform whose output is the batch mapping the backbone reads."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, image) -> dict[str, torch.Tensor]:
+        return {"pixel_values": self.transform(image)}
+
+    def __repr__(self) -> str:  # part of the feature-cache key
+        return repr(self.transform)
+
+
+@FAMILIES.register("timm")
+class TimmFamily(Family):
+    name = "timm"
+
+    def create_backbone(self) -> nn.Module:
+        c = self.cfg
+        backbone = create_backbone(c.name, pretrained=c.pretrained, drop_rate=c.drop_rate,
+                                   drop_path_rate=c.get("drop_path_rate"), **(c.get("kwargs") or {}))
+        if c.get("grad_checkpointing"):
+            if not hasattr(backbone, "set_grad_checkpointing"):
+                raise ConfigError(f"model '{c.name}' does not support model.grad_checkpointing=true")
+            backbone.set_grad_checkpointing(True)  # recompute activations in backward: less memory, ~30% more compute
+        if c.get("channels_last"):
+            backbone.to(memory_format=torch.channels_last)  # faster convolutions with mixed precision on tensor cores
+        return backbone
+
+    def groups(self, backbone, coarse):
+        if not hasattr(backbone, "group_matcher"):
+            return None
+        from timm.models import group_parameters
+
+        groups = group_parameters(backbone, backbone.group_matcher(coarse=coarse))
+        return {name: i for i, names in enumerate(groups.values()) for name in names}
+
+    def encode(self, backbone, inputs):
+        x = inputs["pixel_values"]
+        if self.cfg.get("channels_last") and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return backbone(x)
+
+    def preprocessing(self, backbone):
+        from timm.data import resolve_model_data_config
+
+        return resolve_model_data_config(backbone)
+
+    def create_transform(self, preprocessing, data_cfg, train):
+        from transferlab.data.transforms import create_transform
+
+        return ImageInputs(create_transform(preprocessing, data_cfg.augment, train=train,
+                                            input_size=data_cfg.get("input_size")))
+
+    def backbone_state(self, backbone, state):
+        """A plain timm state dict: drop its classifier, the heads are ours."""
+        classifier = backbone.pretrained_cfg.get("classifier", "") if hasattr(backbone, "pretrained_cfg") else ""
+        classifiers = classifier if isinstance(classifier, (list, tuple)) else [classifier]
+        return {k: v for k, v in state.items() if not any(c and k.startswith(c + ".") for c in classifiers)}
+
+    def no_weight_decay(self, backbone):
+        return set(backbone.no_weight_decay()) if hasattr(backbone, "no_weight_decay") else set()
+
+
+def create_backbone(name: str, pretrained: bool = False, drop_rate: float = 0.0,
+                    drop_path_rate: float | None = None, **kwargs) -> nn.Module:
+    """A timm model with its classifier removed (``num_classes=0``) so it returns pooled features."""
+    if not timm.is_model(name.split(".")[0]):
+        raise ConfigError(f"unknown model '{name}': not a timm model name; "
+                          f"{suggest(name, timm.list_models())} (see timm.list_models())")
+    if drop_path_rate is not None:
+        kwargs["drop_path_rate"] = drop_path_rate
+    if pretrained:
+        _check_hub_weights(name)
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, drop_rate=drop_rate, **kwargs)
+    except (OSError, RuntimeError) as e:
+        if not pretrained:
+            raise
+        raise ConfigError(no_weights_message(name, str(e).splitlines()[0])) from None
+
+
+def no_weights_message(name: str, why: str) -> str:
+    return (f"could not load pretrained weights for model '{name}': {why}. Supply weights another way: "
+            f"model.checkpoint=/path/to/weights.safetensors (or .pth, or a transferlab run's .ckpt), "
+            f"pre-download them into the Hugging Face cache (HF_HOME) on a machine with network, "
+            f"or train from scratch with model.pretrained=false.")
+
+
+def _check_hub_weights(name: str) -> None:
+    """Fail in seconds, not after minutes of retries, when the hub is unreachable and nothing is cached."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or not cfg.hf_hub_id:
+        return  # weights come from a URL or file: timm reports its own error
+    repo = cfg.hf_hub_id.split("@")[0]
+    for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        if isinstance(try_to_load_from_cache(repo, filename), str):
+            return
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError(no_weights_message(name, f"HF_HUB_OFFLINE is set and '{repo}' is not in the local cache"))
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError as e:
+        raise ConfigError(no_weights_message(name, f"the hub ({host}) is unreachable ({e}) "
+                                                   f"and '{repo}' is not in the local cache")) from None

@@ -1,0 +1,158 @@
+"""Resolve once: the composed config becomes the run's final, read-only plan.
+
+Everything a run decides from its config is decided here, in one pass and in this order: overrides
+of the caller (tl-eval, tl-reproduce), resume (the interrupted run's own config), defaults for keys
+older configs lack, validation of every value and every registry name (so a typo fails in seconds,
+before a source run trains), the joint source task, and the source checkpoint (trained now if it
+is missing). ``run.build`` and everything after it only read the plan; config.yaml is the plan.
+"""
+from __future__ import annotations
+
+import numbers
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from transferlab.config import compose_config, load_run_config, set_value, to_plain
+from transferlab.errors import ConfigError
+
+DEFAULTS = {"model.family": "timm"}  # keys configs written before they existed lack
+
+
+def _positive_int(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _positive_number(v):
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0
+
+
+def _non_negative_number(v):
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and v >= 0
+
+
+def _fraction(v):
+    return _non_negative_number(v) and v < 1
+
+
+# key -> (check, what is valid); keys absent from a config are skipped.
+SCHEMA = {
+    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "data.batch_size": (_positive_int, "a positive integer"),
+    "data.num_workers": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    "data.train_per_class": (lambda v: v is None or _positive_int(v), "null or a positive integer"),
+    "data.input_size": (lambda v: v is None or _positive_int(v), "null or a positive integer (pixels)"),
+    "data.val_fraction": (_fraction, "a number in [0, 1)"),
+    "data.test_fraction": (_fraction, "a number in [0, 1)"),
+    "optimizer.lr": (_positive_number, "a positive number"),
+    "optimizer.weight_decay": (_non_negative_number, "a number >= 0"),
+    "optimizer.head_lr_mult": (_positive_number, "a positive number"),
+    "optimizer.layer_decay": (lambda v: v is None or (_positive_number(v) and v <= 1), "null or a number in (0, 1]"),
+    "optimizer.momentum": (_fraction, "a number in [0, 1)"),
+    "trainer.max_epochs": (_positive_int, "a positive integer"),
+    "model.drop_rate": (_fraction, "a number in [0, 1)"),
+    "model.name": (lambda v: isinstance(v, str) and v != "", "a model name of its family"),
+    "scheduler.warmup_epochs": (_non_negative_number, "a number >= 0"),
+    "strategy.bn": (lambda v: v in ("train", "frozen"), "a BatchNorm policy: one of train, frozen"),
+    "strategy.lp_epochs": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+    "strategy.backbone_lr_mult": (_positive_number, "a positive number"),
+    "multitask.sampling": (lambda v: v in ("max_size_cycle", "min_size", "max_size", "sequential"),
+                           "a CombinedLoader mode: one of max_size_cycle, min_size, max_size, sequential"),
+}
+
+
+def resolve(cfg: DictConfig, overrides: dict | None = None, train_source=None) -> DictConfig:
+    """The plan of one run: a resolved, read-only copy of ``cfg`` (which stays as it was).
+
+    ``overrides``: config key -> value applied first (what tl-eval and tl-reproduce change of a saved
+    config). ``train_source(plan)``: how to train a missing source run (``run.train``); without it
+    the source checkpoint must already exist.
+    """
+    plan = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    for key, value in (overrides or {}).items():
+        set_value(plan, key, value)
+    plan = OmegaConf.create(to_plain(plan))  # interpolations resolved once, overrides' included
+    if plan.get("resume"):
+        plan = _resumed(plan.resume)
+    for key, value in DEFAULTS.items():
+        if OmegaConf.select(plan, key, default=None) is None:
+            set_value(plan, key, value)
+    validate(plan)
+    _add_source_task(plan)
+    if train_source is not None:
+        from transferlab.source import prepare_source
+
+        checkpoint = prepare_source(plan, train_source)
+        if checkpoint:
+            set_value(plan, "model.checkpoint", checkpoint)
+    OmegaConf.set_readonly(plan, True)
+    return plan
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every value and every choice the config alone can show to be wrong: one ConfigError naming it."""
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
+    if missing:
+        raise ConfigError(f"required value(s) not set: {', '.join(missing)}; pass them as overrides, "
+                          f"e.g. {missing[0]}=...")
+    for key, (ok, valid) in SCHEMA.items():
+        try:
+            value = OmegaConf.select(cfg, key, throw_on_missing=True, default="__absent__")
+        except Exception as e:  # noqa: BLE001 - interpolation and missing-value errors
+            raise ConfigError(f"config value {key} cannot be read: {e}") from None
+        if value != "__absent__" and not ok(value):
+            raise ConfigError(f"{key}={value!r} is not valid: it must be {valid}")
+    _check_choices(cfg)
+
+
+def _check_choices(cfg: DictConfig) -> None:
+    """Registry names and settings, without building anything."""
+    from transferlab.data import KINDS
+    from transferlab.models import FAMILIES
+    from transferlab.optim import OPTIMIZERS, SCHEDULERS
+    from transferlab.strategies import STRATEGIES, strategy_settings
+    from transferlab.tasks import LOSS_WEIGHTING, task_specs
+    from transferlab.tracking import LOGGERS
+
+    FAMILIES.get(cfg.model.family)
+    KINDS.get(cfg.data.kind)
+    STRATEGIES.check_settings(cfg.strategy.kind, strategy_settings(cfg.strategy))
+    OPTIMIZERS.get(cfg.optimizer.name)
+    SCHEDULERS.get(cfg.scheduler.name)
+    LOSS_WEIGHTING.get(cfg.multitask.loss_weighting)
+    for spec in (cfg.get("logger") or {}).values():
+        if spec is not None:
+            LOGGERS.get(spec.kind)
+    task_specs(cfg.tasks, cfg.multitask.get("monitor"))
+
+
+def _resumed(run_dir) -> DictConfig:
+    """The interrupted run's own config, continuing from its last checkpoint in its own directory."""
+    cfg = load_run_config(run_dir)
+    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise ConfigError(f"cannot resume '{run_dir}': it has no checkpoints/last.ckpt (it stopped before "
+                          f"the first epoch ended); start it again instead")
+    if (Path(run_dir) / "metrics.json").is_file():
+        raise ConfigError(f"'{run_dir}' already finished (metrics.json exists); nothing to resume")
+    set_value(cfg, "ckpt_path", str(last))
+    set_value(cfg, "paths.run_dir", str(Path(run_dir).resolve()))
+    return cfg
+
+
+def _add_source_task(cfg: DictConfig) -> None:
+    """Multi-task transfer: the source task (``source.overrides``) trains jointly, as a task named
+    ``source``, instead of first; the plan (and so config.yaml) records it as an ordinary task."""
+    if not cfg.multitask.get("source_task"):
+        return
+    if not cfg.get("source") or not cfg.source.get("overrides"):
+        raise ConfigError("multitask.source_task=true needs a source task (source=digits or source.overrides=[...])")
+    if cfg.tasks.get("source") is not None:
+        raise ConfigError("task 'source' is declared, but multitask.source_task=true adds the source task under that "
+                          "name; rename your task or set multitask.source_task=false")
+    source_data = to_plain(compose_config(list(cfg.source.overrides)).data)
+    set_value(cfg, "tasks.source", {"label": "label", "num_classes": None, "data": source_data,
+                                    "weight": cfg.multitask.source_weight})
+    set_value(cfg, "multitask.source_task", False)
+    set_value(cfg, "source.overrides", [])
+    validate(cfg)  # the new task's weight and data
