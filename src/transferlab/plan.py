@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from transferlab.config import compose_config, load_run_config, set_value, to_plain
 from transferlab.errors import ConfigError
+from transferlab.tasks import task_specs
 
 DEFAULTS = {"model.family": "timm"}  # keys configs written before they existed lack
 
@@ -77,8 +78,9 @@ def resolve(cfg: DictConfig, overrides: dict | None = None, train_source=None) -
     for key, value in DEFAULTS.items():
         if OmegaConf.select(plan, key, default=None) is None:
             set_value(plan, key, value)
-    validate(plan)
+    validate(plan, tasks=False)
     _add_source_task(plan)
+    task_specs(plan.tasks, plan.multitask.get("monitor"))  # with the joint source task among them
     if train_source is not None:
         from transferlab.source import prepare_source
 
@@ -89,8 +91,9 @@ def resolve(cfg: DictConfig, overrides: dict | None = None, train_source=None) -
     return plan
 
 
-def validate(cfg: DictConfig) -> None:
-    """Every value and every choice the config alone can show to be wrong: one ConfigError naming it."""
+def validate(cfg: DictConfig, tasks: bool = True) -> None:
+    """Every value and every choice the config alone can show to be wrong: one ConfigError naming it.
+    ``tasks=False`` leaves the task declarations for later (``resolve`` adds the joint source task first)."""
     missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
     if missing:
         raise ConfigError(f"required value(s) not set: {', '.join(missing)}; pass them as overrides, "
@@ -103,6 +106,8 @@ def validate(cfg: DictConfig) -> None:
         if value != "__absent__" and not ok(value):
             raise ConfigError(f"{key}={value!r} is not valid: it must be {valid}")
     _check_choices(cfg)
+    if tasks:
+        task_specs(cfg.tasks, cfg.multitask.get("monitor"))
 
 
 def _check_choices(cfg: DictConfig) -> None:
@@ -111,7 +116,7 @@ def _check_choices(cfg: DictConfig) -> None:
     from transferlab.models import FAMILIES
     from transferlab.optim import OPTIMIZERS, SCHEDULERS
     from transferlab.strategies import STRATEGIES, strategy_settings
-    from transferlab.tasks import LOSS_WEIGHTING, task_specs
+    from transferlab.tasks import LOSS_WEIGHTING
     from transferlab.tracking import LOGGERS
 
     FAMILIES.get(cfg.model.family)
@@ -120,10 +125,9 @@ def _check_choices(cfg: DictConfig) -> None:
     OPTIMIZERS.get(cfg.optimizer.name)
     SCHEDULERS.get(cfg.scheduler.name)
     LOSS_WEIGHTING.get(cfg.multitask.loss_weighting)
-    for spec in (cfg.get("logger") or {}).values():
+    for name, spec in (cfg.get("logger") or {}).items():
         if spec is not None:
-            LOGGERS.get(spec.kind)
-    task_specs(cfg.tasks, cfg.multitask.get("monitor"))
+            LOGGERS.get(spec.kind, key=f"logger.{name}.kind")
 
 
 def _resumed(run_dir) -> DictConfig:
@@ -155,4 +159,3 @@ def _add_source_task(cfg: DictConfig) -> None:
                                     "weight": cfg.multitask.source_weight})
     set_value(cfg, "multitask.source_task", False)
     set_value(cfg, "source.overrides", [])
-    validate(cfg)  # the new task's weight and data

@@ -35,11 +35,12 @@ class Registry:
     def __contains__(self, name) -> bool:
         return name in self._entries
 
-    def get(self, name) -> Callable:
+    def get(self, name, key: str | None = None) -> Callable:
+        """``key``: the config key that holds ``name`` when it is not always the same (one per logger)."""
         if name not in self._entries:
             close = difflib.get_close_matches(str(name), self.names(), n=3, cutoff=0.5)
             hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-            raise ConfigError(f"unknown {self.what} '{name}' ({self.key}={name}); {hint}"
+            raise ConfigError(f"unknown {self.what} '{name}' ({key or self.key}={name}); {hint}"
                               f"valid: {', '.join(self.names())}")
         return self._entries[name]
 

@@ -31,7 +31,7 @@ PACKAGES = ("torch", "torchvision", "timm", "pytorch-lightning", "hydra-core", "
             "torchmetrics", "numpy", "scikit-learn", "transferlab")
 REDACTED = "<redacted>"
 
-LOGGERS = Registry("logger", "logger.<name>.kind")  # each takes save_dir= and its own keys
+LOGGERS = Registry("logger", "logger.<entry>.kind")  # each takes save_dir= and its own keys
 LOGGERS.register("csv", pl_loggers.CSVLogger)
 LOGGERS.register("wandb", pl_loggers.WandbLogger)
 LOGGERS.register("tensorboard", pl_loggers.TensorBoardLogger)

@@ -112,8 +112,8 @@ def _descending(value: float) -> float:
 def build_rows(runs: list[Run]) -> tuple[list[Row], dict[Path, str]]:
     """Rows of finished runs, best (highest mean test/acc) first, and a label for every run."""
     keyed = {r.dir: setting_key(r) for r in runs if r.config}
-    names = labels(sorted(set(keyed.values())))
-    run_labels = {r.dir: names[keyed[r.dir]] if r.dir in keyed else str(r.describe("strategy") or "?")
+    label_of = labels(sorted(set(keyed.values())))
+    run_labels = {r.dir: label_of[keyed[r.dir]] if r.dir in keyed else str(r.describe("strategy") or "?")
                   for r in runs}
     grouped: dict[str, list[Run]] = {}
     for r in runs:
