@@ -5,6 +5,7 @@ import logging
 
 from pytorch_lightning import Callback
 
+from transferlab import metrics as names
 from transferlab.data import batch_size
 
 log = logging.getLogger(__name__)
@@ -18,6 +19,43 @@ class SampleCounter(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.samples += sum(batch_size(item[0]) for item in batch.values() if item is not None)
+
+
+class LearningRates(Callback):
+    """The learning rate each optimizer group actually trained at, read where the optimizer reads it
+    (group ``lr`` at the start of each step, after every strategy, scale and schedule): the first and
+    the last step per group, and the peak of the backbone's and the heads' groups. A group whose
+    parameters are all frozen in a step trains at 0 there, so a linear probe's backbone peak is 0 and
+    LP-FT's is its fine-tuning rate. Plain floats: the state survives a resume in the checkpoint."""
+
+    def __init__(self):
+        self.first, self.last, self.peak = {}, {}, dict.fromkeys(names.LR_KINDS, 0.0)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        for group in trainer.optimizers[0].param_groups:
+            trains = any(p.requires_grad for p in group["params"])
+            lr = float(group["lr"]) if trains else 0.0
+            self.first.setdefault(group["name"], lr)
+            self.last[group["name"]] = lr
+            kind = group["name"].split(".")[0]
+            if kind in self.peak:
+                self.peak[kind] = max(self.peak[kind], lr)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        for kind in names.LR_KINDS:  # W&B / CSV curve: the fastest group of each kind at the epoch's last step
+            pl_module.log(f"lr/{kind}", max((v for k, v in self.last.items() if k.split(".")[0] == kind),
+                                            default=0.0))
+
+    def summary(self) -> dict[str, float]:
+        return {**{names.lr(g, "first"): v for g, v in self.first.items()},
+                **{names.lr(g, "last"): v for g, v in self.last.items()},
+                **{names.lr(kind, "peak"): v for kind, v in self.peak.items()}}
+
+    def state_dict(self) -> dict:
+        return {"first": dict(self.first), "last": dict(self.last), "peak": dict(self.peak)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.first, self.last, self.peak = dict(state["first"]), dict(state["last"]), dict(state["peak"])
 
 
 class RandomState(Callback):

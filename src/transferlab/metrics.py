@@ -23,6 +23,15 @@ def name(split: str, metric: str, task: str | None = None) -> str:
     return f"{split}/{metric}" if task is None else f"{split}/{task}/{metric}"
 
 
+def lr(group: str, when: str) -> str:
+    """The learning rate a parameter group trained at: ``when`` is first | last (a step) or peak (over
+    the run; ``group`` backbone or heads). A frozen group trains at 0."""
+    return f"lr/{group}/{when}"
+
+
+LR_KINDS = ("backbone", "heads")  # first part of every optimizer group name (``optim.param_groups``)
+
+
 def is_test(key: str) -> bool:
     return key.startswith("test/")
 

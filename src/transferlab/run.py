@@ -22,7 +22,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from transferlab import metrics as names
 from transferlab import tracking
-from transferlab.callbacks import RandomState, SampleCounter
+from transferlab.callbacks import LearningRates, RandomState, SampleCounter
 from transferlab.checkpoints import StreamingCheckpointIO, create_checkpoints, read_checkpoint
 from transferlab.config import to_plain
 from transferlab.data.datamodule import TransferDataModule, create_streams
@@ -63,7 +63,7 @@ def build(plan) -> Parts:
     cache = strategy.caches_features(model.num_stages, plan.trainer.max_epochs, augment)
     preprocessing = model.family.preprocessing(model.backbone)
     datamodule = TransferDataModule(
-        streams, partial(model.family.create_transform, preprocessing), plan.data, plan.multitask.sampling,
+        streams, partial(model.family.create_transform, preprocessing), plan.multitask.sampling,
         features_from=model.backbone if cache else None, encode=model.encode,
         precision=str(plan.trainer.get("precision", "32-true")), store_dir=Path(plan.paths.run_dir) / "features",
         feature_cache=plan.paths.get("feature_cache"))
@@ -103,9 +103,9 @@ def train(cfg, callbacks: tuple[Callback, ...] = (), overrides: dict | None = No
     pl.seed_everything(plan.seed, workers=True)
     module, datamodule, strategy = build(plan)
     best, *checkpoints = create_checkpoints(run_dir)
-    counter = SampleCounter()
+    counter, rates = SampleCounter(), LearningRates()
     # The Trainer first: it settles this process's global rank, so only rank 0 writes files and W&B.
-    trainer = create_trainer(plan, run_dir, [strategy, best, *checkpoints, counter, RandomState(), *callbacks])
+    trainer = create_trainer(plan, run_dir, [strategy, best, *checkpoints, counter, rates, RandomState(), *callbacks])
     config = to_plain(plan)
     if trainer.is_global_zero:
         tracking.write_yaml(run_dir / "config.yaml", config)
@@ -116,6 +116,7 @@ def train(cfg, callbacks: tuple[Callback, ...] = (), overrides: dict | None = No
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=plan.get("ckpt_path"))
         fit_seconds = time.perf_counter() - start
+        learning_rates = rates.summary()  # before test: loading the best checkpoint restores callback states
         samples = trainer.strategy.reduce(torch.tensor(float(counter.samples), device=module.device), reduce_op="sum")
         trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
         trainer.test(module, datamodule=datamodule, ckpt_path="best" if best.best_model_path else "last",
@@ -126,8 +127,10 @@ def train(cfg, callbacks: tuple[Callback, ...] = (), overrides: dict | None = No
             "data": plan.data.name, "seed": plan.seed, "epochs": trainer.current_epoch,
             "trainable_params": trainable, "total_params": sum(p.numel() for p in module.model.parameters()),
             "fit_seconds": round(fit_seconds, 3), "train_samples_per_second": round(float(samples) / fit_seconds, 2),
-            "best_checkpoint": best.best_model_path or None,
+            "best_checkpoint": best.best_model_path or None, **learning_rates,
         })
+        for logger in loggers:  # W&B's summary and the CSV get what each group trained at
+            logger.log_metrics(learning_rates, step=trainer.global_step)
         if trainer.is_global_zero:
             tracking.write_json(run_dir / "metrics.json", metrics)
     return metrics

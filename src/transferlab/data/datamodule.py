@@ -55,18 +55,20 @@ def create_streams(data_cfg, specs: dict[str, dict]) -> dict[str, dict]:
 
 
 class TransferDataModule(LightningDataModule):
-    """``transform(cfg, train)``: the model family's raw item -> inputs, per stream config.
+    """``transform(cfg, train)``: the model family's raw item -> inputs, per stream config. Each
+    stream loads with its own config's batch size and workers (a joint source task keeps the batch
+    size of its source run).
 
     ``features_from``/``encode``: a frozen backbone whose outputs are cached per split (no
     augmentation then), extracted under ``precision`` as the trainer computes; loaders then yield
     features. ``feature_cache`` shares them across runs; without it, ``store_dir`` keeps large ones
     on disk for this run."""
 
-    def __init__(self, streams: dict[str, dict], transform: Callable, loader_cfg, mode: str = "max_size_cycle",
+    def __init__(self, streams: dict[str, dict], transform: Callable, mode: str = "max_size_cycle",
                  features_from: torch.nn.Module | None = None, encode: Callable | None = None,
                  precision: str = "32-true", store_dir=None, feature_cache=None):
         super().__init__()
-        self.streams, self.loader_cfg, self.mode = streams, loader_cfg, mode
+        self.streams, self.mode = streams, mode
         self.features_from, self.encode, self.precision = features_from, encode, precision
         self.store_dir, self.feature_cache = store_dir, feature_cache
         self._digest = None  # of the frozen backbone: hashed once, not once per split
@@ -77,7 +79,7 @@ class TransferDataModule(LightningDataModule):
                 self.datasets[(name, split)] = Transformed(ds, transform(stream["cfg"], augment))
 
     def _loader(self, stream: str, split: str) -> DataLoader:
-        c = self.loader_cfg
+        c = self.streams[stream]["cfg"]  # a task's own data keeps its own batch size and workers
         workers = c.num_workers
         pin = torch.cuda.is_available() if c.get("pin_memory") is None else c.pin_memory
         dataset, collate = self.datasets[(stream, split)], None

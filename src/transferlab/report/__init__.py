@@ -10,7 +10,7 @@ from pathlib import Path
 
 from transferlab.errors import ConfigError
 from transferlab.report.collect import Run, find_runs
-from transferlab.report.table import Row, build_rows, markdown, write_csv
+from transferlab.report.table import Row, build_rows, markdown, select, write_csv
 
 
 @dataclass
@@ -21,8 +21,11 @@ class Report:
     paths: list[Path]
 
 
-def write_report(dirs, out=None) -> Report:
-    """Write the three report files into ``out`` (default: the first directory)."""
+def write_report(dirs, out=None, select_by: str | None = None) -> Report:
+    """Write the three report files into ``out`` (default: the first directory).
+
+    ``select_by`` (a validation metric, e.g. ``val/acc_best``): rows that differ only in tuned
+    hyperparameters (``table.TUNED``) collapse to the one with the best mean of it over seeds."""
     dirs = [Path(d) for d in dirs]
     for d in dirs:
         if not d.is_dir():
@@ -34,12 +37,14 @@ def write_report(dirs, out=None) -> Report:
     out = Path(out) if out is not None else dirs[0]
     out.mkdir(parents=True, exist_ok=True)
     rows, run_labels = build_rows(runs)
+    if select_by:
+        rows = select(rows, select_by)
     paths = [out / "report.md", out / "report.csv"]
     if rows:
         from transferlab.report.figure import plot  # matplotlib only when there is something to draw
 
         paths.append(plot(rows, out / "report.png"))
-    text = markdown(rows, runs, run_labels, dirs, "report.png" if rows else None)
+    text = markdown(rows, runs, run_labels, dirs, "report.png" if rows else None, select_by)
     paths[0].write_text(text)
     write_csv(paths[1], rows, runs, run_labels)
     return Report(rows, runs, text, paths)

@@ -5,6 +5,7 @@ Enabled in ``conf/hydra/default.yaml``::
     callbacks:
       report:
         _target_: transferlab.report.callback.ReportCallback
+        select_by: null  # or val/acc_best: compare settings each at its best tuned hyperparameters
 """
 from __future__ import annotations
 
@@ -58,6 +59,10 @@ def log_to_wandb(report: Report, config: DictConfig) -> None:
 
 
 class ReportCallback(Callback):
+    def __init__(self, select_by: str | None = None):
+        """``select_by``: a validation metric; the report then ranks each setting at its best tuned values."""
+        self.select_by = select_by
+
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         """One sweep, one name: ``experiment_name`` defaults to ``<data>_<strategy>``, which would split a
         sweep over strategies into several folders and W&B groups. Pin it for every job of the sweep
@@ -81,7 +86,7 @@ class ReportCallback(Callback):
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
-            report = write_report([sweep_dir])
+            report = write_report([sweep_dir], select_by=self.select_by)
         except TransferlabError as e:  # e.g. every job died before writing anything
             log.warning("no report for %s: %s", sweep_dir, e)
             return

@@ -9,10 +9,11 @@ import csv
 import json
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from transferlab import metrics as names
+from transferlab.errors import ConfigError
 from transferlab.report.collect import Run
 
 # Config keys that differ between seeds of the same setting without changing it.
@@ -21,6 +22,13 @@ RUN_SPECIFIC = ("seed", "paths", "hydra", "logger", "ckpt_path", "model.checkpoi
 SHOWN = names.SHOWN  # report.md
 METRICS = names.COMPARED  # report.csv
 NAMED_GROUPS = ("model", "data")  # shown by their name alone; other groups as group=name
+# Hyperparameters a sweep tunes: with ``select_by``, rows that differ only in these are one setting
+# tried several ways, and the report keeps the way that scores best on validation.
+TUNED = ("optimizer.lr", "optimizer.weight_decay", "optimizer.head_lr_mult", "optimizer.layer_decay",
+         "optimizer.momentum", "optimizer.betas", "strategy.backbone_lr_mult", "strategy.lp_epochs",
+         "scheduler.warmup_epochs", "scheduler.min_lr_ratio", "model.drop_rate", "model.drop_path_rate",
+         "model.head.dropout")
+LR_PEAKS = tuple(names.lr(kind, "peak") for kind in names.LR_KINDS)  # shown when the runs recorded them
 
 
 @dataclass
@@ -28,6 +36,9 @@ class Row:
     label: str
     runs: list[Run]  # finished runs only
     best: bool = False
+    key: tuple = ()  # the setting (``setting_key``)
+    chosen: str = ""  # with selection: the tuned values this row stands for
+    tried: list["Row"] = field(default_factory=list)  # with selection: every setting it was chosen from
 
     def values(self, metric: str) -> list[float]:
         return [float(r.metrics[metric]) for r in self.runs if isinstance(r.metrics.get(metric), (int, float))]
@@ -55,11 +66,13 @@ def _flatten(node, prefix="") -> dict:
     return {prefix[:-1]: json.dumps(node, sort_keys=True, default=str)}
 
 
+def _under(key: str, prefixes) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
 def setting_key(run: Run) -> tuple:
     """The run's config without seed and run-specific values: equal keys = same row."""
-    flat = _flatten(run.config)
-    drop = lambda k: any(k == p or k.startswith(p + ".") for p in RUN_SPECIFIC)  # noqa: E731
-    return tuple(sorted((k, v) for k, v in flat.items() if not drop(k)))
+    return tuple(sorted((k, v) for k, v in _flatten(run.config).items() if not _under(k, RUN_SPECIFIC)))
 
 
 def labels(keys: list[tuple]) -> dict[tuple, str]:
@@ -119,11 +132,42 @@ def build_rows(runs: list[Run]) -> tuple[list[Row], dict[Path, str]]:
     for r in runs:
         if r.status == "finished":
             grouped.setdefault(run_labels[r.dir], []).append(r)
-    rows = [Row(label, sorted(rs, key=_seed_order)) for label, rs in grouped.items()]
+    rows = [Row(label, sorted(rs, key=_seed_order), key=keyed.get(rs[0].dir, ())) for label, rs in grouped.items()]
+    return rank(rows), run_labels
+
+
+def rank(rows: list[Row]) -> list[Row]:
+    """Best mean test/acc first; the first is marked best."""
     rows.sort(key=lambda row: (_descending(row.mean(names.PRIMARY)), row.label))
     if rows and not math.isnan(rows[0].mean(names.PRIMARY)):
         rows[0].best = True
-    return rows, run_labels
+    return rows
+
+
+def select(rows: list[Row], metric: str) -> list[Row]:
+    """One row per setting once the tuned keys are set aside: the one with the best mean ``metric``
+    over its seeds (a validation metric; test metrics never choose). Ties go to the first label."""
+    if names.is_test(metric) or not metric.startswith("val/"):
+        raise ConfigError(f"select_by={metric} is not a validation metric; settings are chosen on validation "
+                          f"so that test metrics stay unbiased: use e.g. select_by={names.BEST}")
+    families: dict[tuple, list[Row]] = {}
+    for row in rows:
+        families.setdefault(tuple(kv for kv in row.key if not _under(kv[0], TUNED)), []).append(row)
+    family_label = labels(sorted(families))
+    chosen = []
+    for family, tried in families.items():
+        scored = [r for r in tried if not math.isnan(r.mean(metric))]
+        if not scored:
+            raise ConfigError(f"select_by={metric}: no finished run of '{tried[0].label}' recorded {metric} in "
+                              f"its metrics.json; choose a metric the runs have, e.g. {names.BEST}")
+        best = min(scored, key=lambda r: (-r.mean(metric), r.label))
+        differing = sorted({k for r in tried for k, v in r.key if _under(k, TUNED) and
+                            len({dict(t.key).get(k) for t in tried}) > 1})
+        values = ", ".join(f"{k}={json.loads(dict(best.key)[k])}" for k in differing if k in dict(best.key))
+        chosen.append(Row(family_label[family], best.runs, key=best.key, chosen=values or "(only one setting)",
+                          tried=sorted(tried, key=lambda r: (-r.mean(metric) if not math.isnan(r.mean(metric))
+                                                             else math.inf, r.label))))
+    return rank(chosen)
 
 
 def significance(rows: list[Row], metric: str = names.PRIMARY) -> str | None:
@@ -150,18 +194,34 @@ def _num(value: float, fmt: str) -> str:
     return "n/a" if math.isnan(value) else format(value, fmt)
 
 
-def markdown(rows: list[Row], runs: list[Run], run_labels: dict, dirs, figure: str | None) -> str:
+def markdown(rows: list[Row], runs: list[Run], run_labels: dict, dirs, figure: str | None,
+             select_by: str | None = None) -> str:
     counts = {s: sum(r.status == s for r in runs) for s in ("finished", "failed", "incomplete")}
+    peaks = [m for m in LR_PEAKS if any(m in r.metrics for row in rows for r in row.runs)]
+    chosen = [f"chosen on {select_by}", f"{select_by}"] if select_by else []
     lines = ["# transferlab report", "",
              "Runs under " + ", ".join(f"`{d}`" for d in dirs) + ": " +
              ", ".join(f"{n} {s}" for s, n in counts.items()) + ". Mean ± sample std over seeds.", "",
-             "| setting | " + " | ".join(SHOWN) + " | trainable params | fit time (s) | seeds |",
-             "|---|" + "---:|" * (len(SHOWN) + 3)]
+             "| setting | " + " | ".join([*chosen, *SHOWN]) + " | trainable params | fit time (s) | seeds |" +
+             "".join(f" {m} |" for m in peaks),
+             "|---|" + "---:|" * (len(chosen) + len(SHOWN) + 3 + len(peaks))]
     for row in rows:
         label = f"**{row.label}** (best)" if row.best else row.label
         seeds = f"{len(row.runs)} ({', '.join(map(str, row.seeds))})"
-        lines.append(f"| {label} | " + " | ".join(_pm(row, m) for m in SHOWN) +
-                     f" | {_num(row.mean('trainable_params'), ',.0f')} | {_num(row.mean('fit_seconds'), '.1f')} | {seeds} |")
+        selected = [row.chosen, _pm(row, select_by)] if select_by else []
+        lines.append(f"| {label} | " + " | ".join([*selected, *(_pm(row, m) for m in SHOWN)]) +
+                     f" | {_num(row.mean('trainable_params'), ',.0f')} | {_num(row.mean('fit_seconds'), '.1f')} | {seeds} |"
+                     + "".join(f" {_num(row.mean(m), '.3g')} |" for m in peaks))
+    if select_by:
+        lines += ["", f"Each setting above is the one with the best mean {select_by} of those tried (below); "
+                      f"test metrics played no part in the choice. Peak learning rates: the highest rate the "
+                      f"backbone's and the heads' parameter groups trained at (0 = frozen throughout).", "",
+                  f"## Every setting tried (chosen on {select_by})", "",
+                  f"| setting | tried | {select_by} | {names.PRIMARY} | seeds | chosen |", "|---|---|---:|---:|---:|---|"]
+        for row in rows:
+            for t in row.tried:
+                lines.append(f"| {row.label} | {t.label} | {_pm(t, select_by)} | {_pm(t, names.PRIMARY)} | "
+                             f"{len(t.runs)} | {'yes' if t.key == row.key else ''} |")
     note = significance(rows)
     if note:
         lines += ["", note]
@@ -181,7 +241,7 @@ def write_csv(path: Path, rows: list[Row], runs: list[Run], run_labels: dict) ->
     """Rows first (``kind=row``), then every run (``kind=run``) with its status, at full precision."""
     stats = [c for m in METRICS for c in (m, f"{m}_std")]
     columns = ["kind", "label", "status", "best", "strategy", "model", "data", "seeds", "n_seeds", *stats,
-               "trainable_params", "fit_seconds", "run_dir", "error"]
+               "trainable_params", "fit_seconds", "run_dir", "error", "chosen", *LR_PEAKS]
 
     def describe(rs: list[Run], key: str) -> str:
         return " ".join(dict.fromkeys(str(r.describe(key)) for r in rs))
@@ -189,12 +249,19 @@ def write_csv(path: Path, rows: list[Row], runs: list[Run], run_labels: dict) ->
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
+        def summary(kind: str, row: Row, label: str) -> dict:
+            return {"kind": kind, "label": label, "status": "finished", "best": row.best if kind == "row" else "",
+                    **{k: describe(row.runs, k) for k in ("strategy", "model", "data")},
+                    "seeds": " ".join(map(str, row.seeds)), "n_seeds": len(row.runs),
+                    **{c: (row.std(c[:-4]) if c.endswith("_std") else row.mean(c)) for c in stats},
+                    "trainable_params": row.mean("trainable_params"), "fit_seconds": row.mean("fit_seconds"),
+                    "chosen": row.chosen, **{m: row.mean(m) for m in LR_PEAKS}}
+
         for row in rows:
-            writer.writerow({"kind": "row", "label": row.label, "status": "finished", "best": row.best,
-                             **{k: describe(row.runs, k) for k in ("strategy", "model", "data")},
-                             "seeds": " ".join(map(str, row.seeds)), "n_seeds": len(row.runs),
-                             **{c: (row.std(c[:-4]) if c.endswith("_std") else row.mean(c)) for c in stats},
-                             "trainable_params": row.mean("trainable_params"), "fit_seconds": row.mean("fit_seconds")})
+            writer.writerow(summary("row", row, row.label))
+        for row in rows:  # with selection: every setting a row was chosen from
+            for t in row.tried:
+                writer.writerow(summary("tried", t, t.label))
         for r in runs:
             finished = r.status == "finished"
             writer.writerow({"kind": "run", "label": run_labels[r.dir], "status": r.status, "best": "",
