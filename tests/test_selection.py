@@ -126,14 +126,3 @@ def test_a_sweep_with_select_by_reports_each_strategy_at_its_best_rate(tmp_path)
     rows = [ln for ln in text.split("## Every")[0].splitlines() if ln.startswith("| ") and "optimizer.lr=" in ln]
     assert len(rows) == 2  # one row per strategy, each naming its chosen rate
 
-
-def test_a_joint_source_task_loads_with_its_source_runs_batch_size(tmp_path):
-    from conftest import compose
-
-    from transferlab import run
-    from transferlab.plan import resolve
-
-    plan = resolve(compose("experiment=digits_multitask", "logger=csv", run_dir=tmp_path))
-    loaders = run.build(plan).datamodule.train_dataloader().iterables
-    assert loaders["data"].batch_size == plan.data.batch_size == 25
-    assert loaders["data:source"].batch_size == plan.tasks.source.data.batch_size == 64
