@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from transferlab import CONF_DIR
 
 CONF = Path(CONF_DIR)
-ROOTS = ("train", "eval")  # root configs: conf/<root>.yaml
+ROOTS = ("train", "eval", "fuse")  # root configs: conf/<root>.yaml
 FILES = sorted(CONF.rglob("*.yaml"))
 
 # Overrides that fill an option's required (???) values, so that it composes with nothing missing.
@@ -30,7 +30,7 @@ FILL = {
     "data/csv": ["data.manifest=/data/labels.csv"],
 }
 # Root configs' own required values (eval needs a checkpoint).
-ROOT_FILL = {"eval": ["ckpt_path=/runs/x/checkpoints/last.ckpt"]}
+ROOT_FILL = {"eval": ["ckpt_path=/runs/x/checkpoints/last.ckpt"], "fuse": ["runs=[/runs/a,/runs/b]"]}
 # Models must say which backbone factory builds them (DESIGN: two families share everything else).
 FAMILIES = {"timm", "hf"}
 

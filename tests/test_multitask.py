@@ -86,7 +86,7 @@ def test_heads_are_separate_and_the_backbone_gets_gradients_from_every_task(tmp_
     cfg = compose(*SYNTHETIC, "logger=csv", "multitask.loss_weighting=fixed", "tasks.color.weight=0.5",
                   run_dir=tmp_path)
     torch.manual_seed(0)
-    module, datamodule, _ = run.build(cfg)
+    module, datamodule, *_ = run.build(cfg)
     model = module.model
     assert set(model.heads) == {"shape", "color"}
     assert model.heads["shape"][-1].out_features == 4 and model.heads["color"][-1].out_features == 3
@@ -281,7 +281,7 @@ def test_tl_eval_path_evaluates_every_task_in_process(synthetic_run, tmp_path):
 def test_multitask_checkpoint_backbone_is_loaded_by_a_single_task_run(digits_run, tmp_path, data, classes):
     best = digits_run["dir"] / "checkpoints" / "best.ckpt"
     cfg = compose(f"data={data}", "source=none", "logger=csv", f"model.checkpoint={best}", run_dir=tmp_path)
-    module, _, _ = run.build(cfg)
+    module, *_ = run.build(cfg)
     source_backbone = state_of(best, "model.backbone.")
     own = module.model.backbone.state_dict()
     assert own.keys() == source_backbone.keys()

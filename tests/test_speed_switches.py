@@ -27,7 +27,7 @@ def test_channels_last_gives_the_same_loss_as_contiguous(tmp_path):
     losses = []
     for flag in ("false", "true"):
         torch.manual_seed(0)
-        module, datamodule, _ = run.build(compose("source=none", f"model.channels_last={flag}", run_dir=tmp_path))
+        module, datamodule, *_ = run.build(compose("source=none", f"model.channels_last={flag}", run_dir=tmp_path))
         batch = next(iter(datamodule.val_dataloader()[0]))
         module.eval()
         losses.append(module._task_losses("data", *batch)[0]["main"].item())

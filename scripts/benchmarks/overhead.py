@@ -52,7 +52,7 @@ def _parts(plan, predecode: bool) -> run.Parts:
 
 def framework_epochs(plan, run_dir: Path, warmup: int, predecode: bool) -> dict:
     """tl-train's module, strategy callback and Trainer (``run.build`` + ``run.create_trainer``)."""
-    module, datamodule, strategy = _parts(plan, predecode)
+    module, datamodule, strategy, _ = _parts(plan, predecode)
     timer = EpochTimer(warmup)
     trainer = run.create_trainer(plan, run_dir, [strategy, timer], loggers=[])
     trainer.fit(module, datamodule=datamodule)
@@ -72,7 +72,7 @@ def _autocast(precision: str, device: torch.device):
 
 def plain_epochs(plan, warmup: int, predecode: bool) -> dict:
     """The same work by hand: same model factory, DataLoader, optimizer, schedule, loss and precision."""
-    module, datamodule, strategy = _parts(plan, predecode)
+    module, datamodule, strategy, _ = _parts(plan, predecode)
     tasks = module.tasks
     del module  # the framework's own copy; the plain loop builds its model with the same factory and seed
     pl.seed_everything(plan.seed, workers=True, verbose=False)

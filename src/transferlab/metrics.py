@@ -7,6 +7,7 @@ the report and tl-reproduce all ask here.
 from __future__ import annotations
 
 SPLITS = ("train", "val", "test")
+EVAL = "eval"  # ``eval/<set>/<metric>``: a run or fusion tested on one of its ``eval_sets`` (shifted data)
 CLASSIFICATION = ("acc", "precision", "recall", "f1")  # per evaluated task and split
 
 MONITOR = "val/acc"  # selects best.ckpt
@@ -32,8 +33,18 @@ def lr(group: str, when: str) -> str:
 LR_KINDS = ("backbone", "heads")  # first part of every optimizer group name (``optim.param_groups``)
 
 
+def eval_split(eval_set: str) -> str:
+    """The split name of an evaluation set: its metrics read ``eval/<set>/acc``."""
+    return f"{EVAL}/{eval_set}"
+
+
 def is_test(key: str) -> bool:
     return key.startswith("test/")
+
+
+def is_held_out(key: str) -> bool:
+    """Measured on data that never chose anything: the test split or an evaluation set."""
+    return key.startswith(("test/", f"{EVAL}/"))
 
 
 def create_metrics(num_classes: int):

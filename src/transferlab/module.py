@@ -7,6 +7,7 @@ come from ``transferlab.metrics``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,10 @@ class TransferModule(LightningModule):
         self.monitor_task = monitor_task or tasks[0].name
         self.compile_backbone = compile_backbone
         self.streams = list(dict.fromkeys(t.stream for t in tasks))
+        # What a test pass is named and which streams its loaders hold: an evaluation set is tested
+        # as split ``eval/<set>`` on the streams it replaces (``testing_as``).
+        self.test_split, self.test_streams = "test", self.streams
+        self._evaluated: set[str] = set()  # tasks that saw a batch in this validation/test pass
         self.metrics = torch.nn.ModuleDict({f"{split}_{t.name}": names.create_metrics(t.num_classes)
                                             for split in ("val", "test") for t in tasks})
         self.register_buffer("val_acc_best", torch.tensor(float("-inf")))
@@ -84,25 +89,39 @@ class TransferModule(LightningModule):
             raise TrainingError(f"loss became {value} at step {int(step)} (epoch {self.current_epoch}); "
                                 f"lower optimizer.lr, check the data, or set trainer.gradient_clip_val")
 
+    @contextmanager
+    def testing_as(self, split: str, streams: list[str]):
+        """``trainer.test`` inside logs ``<split>/...`` (e.g. ``eval/noisy/acc``) for the tasks of ``streams``."""
+        self.test_split, self.test_streams = split, streams
+        try:
+            yield
+        finally:
+            self.test_split, self.test_streams = "test", self.streams
+
+    def _metrics(self, split: str, task: str):
+        return self.metrics[f"{'val' if split == 'val' else 'test'}_{task}"]  # evaluation sets: the test ones
+
     def _eval_step(self, split: str, batch, dataloader_idx: int):
         inputs, labels = batch
-        losses, logits = self._task_losses(self.streams[dataloader_idx], inputs, labels)
+        stream = (self.test_streams if split == self.test_split else self.streams)[dataloader_idx]
+        losses, logits = self._task_losses(stream, inputs, labels)
+        self._evaluated.update(losses)
         for name, value in losses.items():
             self.log(self.metric(split, "loss", name), value, batch_size=batch_size(inputs),
                      add_dataloader_idx=False, sync_dist=True)
             task = next(t for t in self.tasks if t.name == name)
-            self.metrics[f"{split}_{name}"].update(logits[name], labels[task.label])
+            self._metrics(split, name).update(logits[name], labels[task.label])
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         self._eval_step("val", batch, dataloader_idx)
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        self._eval_step("test", batch, dataloader_idx)
+        self._eval_step(self.test_split, batch, dataloader_idx)
 
     def _log_epoch_metrics(self, split: str) -> None:
-        for t in self.tasks:
-            values = self.metrics[f"{split}_{t.name}"].compute()
-            self.metrics[f"{split}_{t.name}"].reset()
+        for t in [t for t in self.tasks if t.name in self._evaluated]:
+            values = self._metrics(split, t.name).compute()
+            self._metrics(split, t.name).reset()
             for key, value in values.items():
                 self.log(self.metric(split, key, t.name), value)
                 if t.name == self.monitor_task and len(self.tasks) > 1:
@@ -113,9 +132,11 @@ class TransferModule(LightningModule):
 
     def on_validation_epoch_end(self):
         self._log_epoch_metrics("val")
+        self._evaluated.clear()
 
     def on_test_epoch_end(self):
-        self._log_epoch_metrics("test")
+        self._log_epoch_metrics(self.test_split)
+        self._evaluated.clear()
 
     def on_train_epoch_end(self):
         if len(self.tasks) > 1:

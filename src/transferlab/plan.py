@@ -9,6 +9,7 @@ is missing). ``run.build`` and everything after it only read the plan; config.ya
 from __future__ import annotations
 
 import numbers
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -78,6 +79,7 @@ def resolve(cfg: DictConfig, overrides: dict | None = None, train_source=None) -
     for key, value in DEFAULTS.items():
         if OmegaConf.select(plan, key, default=None) is None:
             set_value(plan, key, value)
+    _complete_eval_sets(plan)
     validate(plan, tasks=False)
     _add_source_task(plan)
     task_specs(plan.tasks, plan.multitask.get("monitor"))  # with the joint source task among them
@@ -89,6 +91,25 @@ def resolve(cfg: DictConfig, overrides: dict | None = None, train_source=None) -
             set_value(plan, "model.checkpoint", checkpoint)
     OmegaConf.set_readonly(plan, True)
     return plan
+
+
+def from_checkpoint(ckpt_path, overrides: dict | None = None) -> DictConfig:
+    """The plan a transferlab checkpoint was trained with, its weights to come from checkpoints (no
+    source run, no pretrained download, one device): what tl-eval and tl-fuse evaluate with."""
+    from transferlab.checkpoints import read_checkpoint
+    from transferlab.config import check_targets
+
+    hparams = read_checkpoint(ckpt_path).get("hyper_parameters", {})
+    saved = hparams.get("config")
+    if not saved:
+        raise ConfigError(f"'{ckpt_path}' is not a transferlab checkpoint (it holds no run config); "
+                          f"to start a run from foreign weights use tl-train model.checkpoint=...")
+    check_targets(saved, f"the config inside '{ckpt_path}'")
+    fixed = {"model.checkpoint": None, "model.pretrained": False, "source": None, "resume": None, "ckpt_path": None,
+             "trainer.devices": 1, "trainer.num_nodes": 1, "trainer.strategy": "auto"}
+    for task in hparams.get("tasks", []):  # a dataset with another class count is then a clear error
+        fixed[f"tasks.{task['name']}.num_classes"] = task["num_classes"]
+    return resolve(OmegaConf.create(saved), {**fixed, **(overrides or {})})
 
 
 def validate(cfg: DictConfig, tasks: bool = True) -> None:
@@ -121,6 +142,8 @@ def _check_choices(cfg: DictConfig) -> None:
 
     FAMILIES.get(cfg.model.family)
     KINDS.get(cfg.data.kind)
+    for name, data in (cfg.get("eval_sets") or {}).items():
+        KINDS.get(data.kind, key=f"eval_sets.{name}.kind")
     STRATEGIES.check_settings(cfg.strategy.kind, strategy_settings(cfg.strategy))
     OPTIMIZERS.get(cfg.optimizer.name)
     SCHEDULERS.get(cfg.scheduler.name)
@@ -128,6 +151,29 @@ def _check_choices(cfg: DictConfig) -> None:
     for name, spec in (cfg.get("logger") or {}).items():
         if spec is not None:
             LOGGERS.get(spec.kind, key=f"logger.{name}.kind")
+
+
+def _complete_eval_sets(cfg: DictConfig) -> None:
+    """``eval_sets``: name -> overrides of the run's data (a mapping, e.g. ``{corruption: {name: blur}}``)
+    or the name of a ``conf/data`` file; the plan keeps each as the complete data config it tests on."""
+    from transferlab import CONF_DIR
+
+    for name, spec in list((cfg.get("eval_sets") or {}).items()):
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)):
+            raise ConfigError(f"eval_sets.{name}: an evaluation set's name becomes part of metric names "
+                              f"(eval/<name>/acc); use letters, digits, '_' and '-' only")
+        if isinstance(spec, str):
+            known = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml") if not p.stem.startswith("_"))
+            if spec not in known:
+                raise ConfigError(f"eval_sets.{name}={spec!r} is not a dataset config; valid: {', '.join(known)} "
+                                  f"(or a mapping of overrides of the run's data)")
+            data = compose_config([f"data={spec}"]).data
+        elif isinstance(spec, DictConfig):
+            data = OmegaConf.merge(cfg.data, spec)
+        else:
+            raise ConfigError(f"eval_sets.{name}={spec!r} is neither a dataset config name nor a mapping of data "
+                              f"overrides (e.g. +eval_sets.{name}.corruption.name=gaussian_noise)")
+        set_value(cfg, f"eval_sets.{name}", to_plain(data))
 
 
 def _resumed(run_dir) -> DictConfig:

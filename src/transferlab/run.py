@@ -41,6 +41,7 @@ class Parts(NamedTuple):
     module: TransferModule
     datamodule: TransferDataModule
     strategy: Strategy
+    eval_sets: dict[str, TransferDataModule]  # name -> its data, for the tasks on the run's own data
 
 
 def build(plan) -> Parts:
@@ -62,12 +63,34 @@ def build(plan) -> Parts:
     augment = any(stream["cfg"].augment.enabled for stream in streams.values())
     cache = strategy.caches_features(model.num_stages, plan.trainer.max_epochs, augment)
     preprocessing = model.family.preprocessing(model.backbone)
-    datamodule = TransferDataModule(
-        streams, partial(model.family.create_transform, preprocessing), plan.multitask.sampling,
-        features_from=model.backbone if cache else None, encode=model.encode,
-        precision=str(plan.trainer.get("precision", "32-true")), store_dir=Path(plan.paths.run_dir) / "features",
-        feature_cache=plan.paths.get("feature_cache"))
-    return Parts(module, datamodule, strategy)
+    features = Path(plan.paths.run_dir) / "features"
+
+    def datamodule(streams, loader_cfg, store_dir):
+        return TransferDataModule(
+            streams, partial(model.family.create_transform, preprocessing), loader_cfg, plan.multitask.sampling,
+            features_from=model.backbone if cache else None, encode=model.encode,
+            precision=str(plan.trainer.get("precision", "32-true")), store_dir=store_dir,
+            feature_cache=plan.paths.get("feature_cache"))
+
+    eval_sets = {name: datamodule(_eval_streams(name, data, specs, tasks), data, features / f"eval_{name}")
+                 for name, data in (plan.get("eval_sets") or {}).items()}
+    return Parts(module, datamodule(streams, plan.data, features), strategy, eval_sets)
+
+
+def _eval_streams(name: str, data, specs: dict, tasks) -> dict:
+    """An evaluation set replaces the run's own data for the tasks that read it; its classes must be theirs."""
+    own = {task: spec for task, spec in specs.items() if not spec["data"]}
+    if not own:
+        raise ConfigError(f"eval_sets.{name}: every task has data of its own; an evaluation set replaces the run's "
+                          f"data, which no task reads")
+    streams = create_streams(data, own)
+    for task in tasks:
+        if task.name in own:
+            classes = next(iter(streams.values()))["splits"]["test"].classes[task.label]
+            if list(classes) != list(task.class_names):
+                raise ConfigError(f"eval_sets.{name} ({data.get('name', data.kind)}) has classes {list(classes)} in "
+                                  f"'{task.label}'; task '{task.name}' was trained on {list(task.class_names)}")
+    return streams
 
 
 def create_trainer(plan, run_dir: Path, callbacks=(), loggers=()) -> pl.Trainer:
@@ -101,7 +124,7 @@ def train(cfg, callbacks: tuple[Callback, ...] = (), overrides: dict | None = No
     plan = resolve(cfg, overrides, train_source=train)
     run_dir = Path(plan.paths.run_dir)
     pl.seed_everything(plan.seed, workers=True)
-    module, datamodule, strategy = build(plan)
+    module, datamodule, strategy, eval_sets = build(plan)
     best, *checkpoints = create_checkpoints(run_dir)
     counter, rates = SampleCounter(), LearningRates()
     # The Trainer first: it settles this process's global rank, so only rank 0 writes files and W&B.
@@ -119,9 +142,8 @@ def train(cfg, callbacks: tuple[Callback, ...] = (), overrides: dict | None = No
         learning_rates = rates.summary()  # before test: loading the best checkpoint restores callback states
         samples = trainer.strategy.reduce(torch.tensor(float(counter.samples), device=module.device), reduce_op="sum")
         trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
-        trainer.test(module, datamodule=datamodule, ckpt_path="best" if best.best_model_path else "last",
-                     verbose=False)
-        metrics = _test_metrics(trainer)
+        tested = "best" if best.best_model_path else "last"
+        metrics = test(trainer, module, datamodule, eval_sets, ckpt_path=tested)
         metrics.update({
             names.BEST: float(module.val_acc_best), "strategy": strategy.name, "model": plan.model.name,
             "data": plan.data.name, "seed": plan.seed, "epochs": trainer.current_epoch,
@@ -147,8 +169,17 @@ def _finishing(loggers):
     tracking.finish(loggers)
 
 
-def _test_metrics(trainer) -> dict:
-    return {k: float(v) for k, v in trainer.callback_metrics.items() if names.is_test(k)}
+def test(trainer, module, datamodule, eval_sets: dict, ckpt_path: str | None = None) -> dict:
+    """Test split, then each evaluation set, with the same weights: ``test/...`` and ``eval/<set>/...``."""
+    passes = [("test", module.streams, datamodule), *((names.eval_split(name), list(dm.streams), dm)
+                                                      for name, dm in eval_sets.items())]
+    metrics = {}
+    for split, streams, data in passes:
+        with module.testing_as(split, streams):
+            trainer.test(module, datamodule=data, ckpt_path=ckpt_path, verbose=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()
+                        if k.startswith(split + "/")})
+    return metrics
 
 
 def record_failure(cfg, error: BaseException) -> None:
@@ -161,7 +192,7 @@ def record_failure(cfg, error: BaseException) -> None:
 
 def evaluate(plan, ckpt_path: str, run_dir: Path) -> dict:
     """Test a checkpoint on ``plan.data`` (its own run's data unless overridden); writes metrics.json."""
-    module, datamodule, _ = build(plan)
+    module, datamodule, _, eval_sets = build(plan)
     state = read_checkpoint(ckpt_path)["state_dict"]
     missing, unexpected = module.load_state_dict(state, strict=False)
     if [k for k in missing if not k.startswith("metrics.")] or unexpected:
@@ -170,8 +201,7 @@ def evaluate(plan, ckpt_path: str, run_dir: Path) -> dict:
     trainer = create_trainer(plan, run_dir)
     trainer.loggers = loggers = tracking.create_loggers(plan.logger, run_dir)
     with _finishing(loggers):
-        trainer.test(module, datamodule=datamodule, verbose=False)
-        metrics = _test_metrics(trainer)
+        metrics = test(trainer, module, datamodule, eval_sets)
         metrics.update({"checkpoint": str(ckpt_path), "model": plan.model.name, "data": plan.data.name})
         if trainer.is_global_zero:
             tracking.write_json(run_dir / "metrics.json", metrics)

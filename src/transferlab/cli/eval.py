@@ -8,30 +8,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from transferlab import CONF_DIR, run
 from transferlab.cli import user_errors
-from transferlab.checkpoints import read_checkpoint
-from transferlab.config import check_targets
 from transferlab.errors import ConfigError
-from transferlab.plan import resolve
+from transferlab.plan import from_checkpoint
 
 
 def checkpoint_plan(ckpt_path: str, cfg: DictConfig) -> DictConfig:
-    """The plan a checkpoint was trained with, its weights coming from the checkpoint itself."""
-    hparams = read_checkpoint(ckpt_path).get("hyper_parameters", {})
-    saved = hparams.get("config")
-    if not saved:
-        raise ConfigError(f"'{ckpt_path}' is not a transferlab checkpoint (it holds no run config); "
-                          f"to start a run from foreign weights use tl-train model.checkpoint=...")
-    check_targets(saved, f"the config inside '{ckpt_path}'")
-    overrides = {"model.checkpoint": None, "model.pretrained": False, "source": None, "resume": None,
-                 "ckpt_path": None, "paths.run_dir": cfg.paths.run_dir, "logger": OmegaConf.to_container(cfg.logger, resolve=False),
-                 "trainer.devices": 1, "trainer.num_nodes": 1, "trainer.strategy": "auto"}
+    """The plan a checkpoint was trained with, on this command's data, evaluation sets and loggers."""
+    overrides = {"paths.run_dir": cfg.paths.run_dir, "logger": OmegaConf.to_container(cfg.logger, resolve=False)}
     if cfg.logger and "wandb" in cfg.logger:
         overrides["logger.wandb.job_type"] = "eval"  # tell evaluations apart from training runs
-    for task in hparams.get("tasks", []):  # a dataset with another class count is then a clear error
-        overrides[f"tasks.{task['name']}.num_classes"] = task["num_classes"]
-    if cfg.get("data") is not None:
-        overrides["data"] = OmegaConf.to_container(cfg.data, resolve=False)
-    return resolve(OmegaConf.create(saved), overrides)
+    for key in ("data", "eval_sets"):
+        if cfg.get(key) is not None:
+            overrides[key] = OmegaConf.to_container(cfg[key], resolve=False)
+    return from_checkpoint(ckpt_path, overrides)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")

@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from transferlab.data.corruptions import corrupt
 from transferlab.errors import DataError
 from transferlab.registry import Registry
 
@@ -18,8 +19,11 @@ class LabeledImages(Dataset):
     """Items are ``(PIL image, {column: class index})``; ``classes`` names the classes per column.
 
     Subclasses implement ``load(i)``; ``targets`` holds every label up front so that splits, class
-    subsets and few-shot sampling never open an image.
+    subsets and few-shot sampling never open an image. ``corruption``: None (clean images) or
+    ``(name, severity, seed)`` from ``data/corruptions.py``, applied to every item as it is read.
     """
+
+    corruption: tuple[str, int, int] | None = None
 
     def __init__(self, targets: dict[str, np.ndarray], classes: dict[str, list[str]], indices=None):
         self.targets = {k: np.asarray(v, dtype=np.int64) for k, v in targets.items()}
@@ -48,6 +52,8 @@ class LabeledImages(Dataset):
         parts = [content.encode(), self.indices.tobytes()]
         for column in sorted(self.targets):
             parts += [column.encode(), self.targets[column][self.indices].tobytes()]
+        if self.corruption is not None:  # corrupted images never share features with clean ones
+            parts += [b"corruption", repr(tuple(self.corruption)).encode()]
         return digest(*parts)
 
     def __len__(self) -> int:
@@ -62,6 +68,8 @@ class LabeledImages(Dataset):
         except Exception as e:  # noqa: BLE001 - any decoder failure means this file is unusable
             raise DataError(f"cannot read image {self.describe(i)}: {type(e).__name__}: {e}. "
                             f"Remove or replace the file.") from None
+        if self.corruption is not None:
+            image = corrupt(image, self.corruption, i)  # seeded by the item, not by idx or order
         return image, {k: int(v[i]) for k, v in self.targets.items()}
 
     def subset(self, indices) -> "LabeledImages":
@@ -69,6 +77,12 @@ class LabeledImages(Dataset):
         view = object.__new__(type(self))
         view.__dict__.update(self.__dict__)
         view.indices = self.indices[np.asarray(indices, dtype=np.int64)]
+        return view
+
+    def corrupted(self, corruption: tuple[str, int, int] | None) -> "LabeledImages":
+        """A view on the same items whose images are corrupted (None = clean)."""
+        view = self.subset(np.arange(len(self)))
+        view.corruption = None if corruption is None else tuple(corruption)
         return view
 
     def labels(self, column: str) -> np.ndarray:

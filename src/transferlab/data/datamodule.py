@@ -55,20 +55,18 @@ def create_streams(data_cfg, specs: dict[str, dict]) -> dict[str, dict]:
 
 
 class TransferDataModule(LightningDataModule):
-    """``transform(cfg, train)``: the model family's raw item -> inputs, per stream config. Each
-    stream loads with its own config's batch size and workers (a joint source task keeps the batch
-    size of its source run).
+    """``transform(cfg, train)``: the model family's raw item -> inputs, per stream config.
 
     ``features_from``/``encode``: a frozen backbone whose outputs are cached per split (no
     augmentation then), extracted under ``precision`` as the trainer computes; loaders then yield
     features. ``feature_cache`` shares them across runs; without it, ``store_dir`` keeps large ones
     on disk for this run."""
 
-    def __init__(self, streams: dict[str, dict], transform: Callable, mode: str = "max_size_cycle",
+    def __init__(self, streams: dict[str, dict], transform: Callable, loader_cfg, mode: str = "max_size_cycle",
                  features_from: torch.nn.Module | None = None, encode: Callable | None = None,
                  precision: str = "32-true", store_dir=None, feature_cache=None):
         super().__init__()
-        self.streams, self.mode = streams, mode
+        self.streams, self.loader_cfg, self.mode, self.transform = streams, loader_cfg, mode, transform
         self.features_from, self.encode, self.precision = features_from, encode, precision
         self.store_dir, self.feature_cache = store_dir, feature_cache
         self._digest = None  # of the frozen backbone: hashed once, not once per split
@@ -79,7 +77,7 @@ class TransferDataModule(LightningDataModule):
                 self.datasets[(name, split)] = Transformed(ds, transform(stream["cfg"], augment))
 
     def _loader(self, stream: str, split: str) -> DataLoader:
-        c = self.streams[stream]["cfg"]  # a task's own data keeps its own batch size and workers
+        c = self.loader_cfg
         workers = c.num_workers
         pin = torch.cuda.is_available() if c.get("pin_memory") is None else c.pin_memory
         dataset, collate = self.datasets[(stream, split)], None
@@ -96,6 +94,12 @@ class TransferDataModule(LightningDataModule):
         return DataLoader(dataset, batch_size=c.batch_size, shuffle=split == "train", collate_fn=collate,
                           num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
                           drop_last=False)
+
+    def plain_loader(self, stream: str, split: str) -> DataLoader:
+        """``split`` of ``stream`` under the evaluation transform, in order: the same batches every time
+        (e.g. to recompute BatchNorm statistics of fused weights on training images)."""
+        dataset = Transformed(self.streams[stream]["splits"][split], self.transform(self.streams[stream]["cfg"], False))
+        return DataLoader(dataset, batch_size=self.loader_cfg.batch_size, num_workers=self.loader_cfg.num_workers)
 
     def train_dataloader(self):
         return CombinedLoader({name: self._loader(name, "train") for name in self.streams}, mode=self.mode)

@@ -40,11 +40,13 @@ def write_report(dirs, out=None, select_by: str | None = None) -> Report:
     if select_by:
         rows = select(rows, select_by)
     paths = [out / "report.md", out / "report.csv"]
+    figures = []
     if rows:
-        from transferlab.report.figure import plot  # matplotlib only when there is something to draw
+        from transferlab.report.figure import plot, plot_alpha  # matplotlib only when there is something to draw
 
-        paths.append(plot(rows, out / "report.png"))
-    text = markdown(rows, runs, run_labels, dirs, "report.png" if rows else None, select_by)
+        figures = [p for p in (plot(rows, out / "report.png"), plot_alpha(rows, out / "fusion.png")) if p]
+        paths += figures
+    text = markdown(rows, runs, run_labels, dirs, [p.name for p in figures], select_by)
     paths[0].write_text(text)
     write_csv(paths[1], rows, runs, run_labels)
     return Report(rows, runs, text, paths)

@@ -58,10 +58,53 @@ def log_to_wandb(report: Report, config: DictConfig) -> None:
         wandb.finish()
 
 
+def fuse_sweep(sweep_dir: Path, fusions: list, config: DictConfig) -> None:
+    """The sweep's fusions, each into ``<sweep>/fuse/<method>[_s<seed>]`` (rows of the same report).
+
+    A fusion is ``{method: wise_ft, between: [STRATEGY_0, STRATEGY_1]}`` (θ_0 and θ_1 of each seed) or
+    ``{method: greedy_soup | uniform_soup | ensemble, where: {strategy.name: ...}}`` (one over the
+    sweep). A fusion that cannot run is a warning: the strategies' report still gets written."""
+    from transferlab.config import compose_config, set_value
+    from transferlab.fusion import fuse
+    from transferlab.report.collect import find_runs
+
+    runs = [r for r in find_runs([sweep_dir]) if r.status == "finished" and "strategy" in r.config]
+    for spec in fusions:
+        spec = OmegaConf.to_container(spec) if isinstance(spec, DictConfig) else dict(spec)
+        jobs = []  # (output name, settings)
+        if spec.get("between"):
+            for seed in sorted({r.setting("seed") for r in runs}):
+                ends = [[r for r in runs if r.setting("strategy.name") == s and r.setting("seed") == seed]
+                        for s in spec["between"]]
+                if all(len(e) == 1 for e in ends):
+                    jobs.append((f"{spec['method']}_s{seed}", {"runs": [str(e[0].dir) for e in ends]}))
+                else:
+                    log.warning("%s for seed %s skipped: needs exactly one finished run of each of %s, found %s",
+                                spec["method"], seed, spec["between"], [len(e) for e in ends])
+        else:
+            jobs.append((spec["method"], {"sweep": str(sweep_dir), "where": spec.get("where") or {}}))
+        for name, settings in jobs:
+            out = sweep_dir / "fuse" / name
+            if (out / "metrics.json").is_file():
+                continue  # fused already (a sweep re-reported): keep it
+            cfg = compose_config([f"fusion={spec['method']}"], config_name="fuse")
+            for key, value in {**settings, "paths.run_dir": str(out), "experiment_name": config.experiment_name,
+                               **{f"fusion.{k}": v for k, v in spec.items() if k not in ("method", "between", "where")}
+                               }.items():
+                set_value(cfg, key, value)
+            if not _wanted(config):
+                set_value(cfg, "logger.wandb", None)
+            try:
+                fuse(cfg)
+            except Exception as e:  # noqa: BLE001 - the strategies' report must still be written
+                log.warning("fusion %s failed: %s", name, e)
+
+
 class ReportCallback(Callback):
-    def __init__(self, select_by: str | None = None):
-        """``select_by``: a validation metric; the report then ranks each setting at its best tuned values."""
-        self.select_by = select_by
+    def __init__(self, select_by: str | None = None, fusions: list | None = None):
+        """``select_by``: a validation metric; the report then ranks each setting at its best tuned values.
+        ``fusions``: run after the sweep's jobs, before the report (``fuse_sweep``)."""
+        self.select_by, self.fusions = select_by, list(fusions or [])
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         """One sweep, one name: ``experiment_name`` defaults to ``<data>_<strategy>``, which would split a
@@ -85,6 +128,8 @@ class ReportCallback(Callback):
         if rank_zero_only.rank != 0:  # a DDP sweep re-runs the sweep in every rank; rank 0 reports
             return
         sweep_dir = Path(config.hydra.sweep.dir)
+        if self.fusions:
+            fuse_sweep(sweep_dir, self.fusions, config)
         try:
             report = write_report([sweep_dir], select_by=self.select_by)
         except TransferlabError as e:  # e.g. every job died before writing anything

@@ -39,6 +39,8 @@ class Run:
     def describe(self, key: str):
         """strategy / model / data / seed, from metrics.json or failed.json, else from the config."""
         value = self.metrics.get(key)
+        if value is None and key == "strategy" and "fusion" in self.config:
+            return self.setting("fusion.name")  # a fused model: how it was made
         return value if value is not None else self.setting(key if key == "seed" else f"{key}.name")
 
 

@@ -78,3 +78,36 @@ def plot(rows: list[Row], path: Path, metric: str = names.PRIMARY) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_alpha(rows: list[Row], path: Path) -> Path | None:
+    """fusion.png: accuracy along the WiSE-FT path θ(α), mean ± std over the seeds' interpolations,
+    on validation (which chose α), test and every evaluation set; None when no row interpolated."""
+    import csv
+
+    from transferlab.fusion import curve_metrics
+
+    tables = [list(csv.DictReader(open(r.dir / "candidates.csv"))) for row in rows for r in row.runs
+              if r.metrics.get("fusion") == "wise_ft" and (r.dir / "candidates.csv").is_file()]
+    if not tables:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
+    for metric in curve_metrics(tables[0][0]):
+        points: dict[float, list[float]] = {}
+        for table in tables:
+            for line in table:
+                if line.get(metric):
+                    points.setdefault(float(line["alpha"]), []).append(float(line[metric]))
+        alphas = sorted(points)
+        mean = [statistics.fmean(points[a]) for a in alphas]
+        std = [statistics.stdev(points[a]) if len(points[a]) > 1 else 0.0 for a in alphas]
+        ax.plot(alphas, mean, marker="o", markersize=4, label=metric)
+        ax.fill_between(alphas, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.15)
+    ax.set_xlabel("α   (0 = θ_0, e.g. the linear probe; 1 = θ_1, the fine-tuned run)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"WiSE-FT θ(α) = (1-α)·θ_0 + α·θ_1: mean ± std over {len(tables)} interpolation(s)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

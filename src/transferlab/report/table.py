@@ -17,7 +17,7 @@ from transferlab.errors import ConfigError
 from transferlab.report.collect import Run
 
 # Config keys that differ between seeds of the same setting without changing it.
-RUN_SPECIFIC = ("seed", "paths", "hydra", "logger", "ckpt_path", "model.checkpoint", "experiment_name",
+RUN_SPECIFIC = ("seed", "paths", "hydra", "logger", "ckpt_path", "model.checkpoint", "experiment_name", "runs", "sweep",
                 "source.cache_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary")
 SHOWN = names.SHOWN  # report.md
 METRICS = names.COMPARED  # report.csv
@@ -100,12 +100,14 @@ def labels(keys: list[tuple]) -> dict[tuple, str]:
     differing.sort(key=lambda k: (k not in names_first, k))
     out = {}
     for key, d in zip(keys, dicts):
-        parts = [json.loads(d.get("strategy.name", '"?"'))]
+        parts = [json.loads(d.get("strategy.name", d.get("fusion.name", '"?"')))]  # how the model was made
         for k in differing:
-            if k == "strategy.name" or k not in d or explained(k):
+            if k in ("strategy.name", "fusion.name") or k not in d or explained(k):
                 continue  # a setting this row does not have says nothing about it
             value, group = json.loads(d[k]), k.split(".")[0]
-            if k == f"{group}.name":
+            if group == "where":  # a fusion's ingredients: greedy_soup, over finetune
+                parts.append(f"over {value}")
+            elif k == f"{group}.name":
                 parts.append(str(value) if group in NAMED_GROUPS else f"{group}={value}")
             else:
                 parts.append(f"{k}={value}")
@@ -194,24 +196,34 @@ def _num(value: float, fmt: str) -> str:
     return "n/a" if math.isnan(value) else format(value, fmt)
 
 
-def markdown(rows: list[Row], runs: list[Run], run_labels: dict, dirs, figure: str | None,
+def eval_metrics(rows: list[Row], metrics=("acc",)) -> list[str]:
+    """``eval/<set>/<metric>`` columns of the evaluation sets the rows' runs were tested on."""
+    found = {k for row in rows for r in row.runs for k in r.metrics if names.is_held_out(k) and not names.is_test(k)}
+    return sorted(k for k in found if k.count("/") == 2 and k.rsplit("/", 1)[1] in metrics)
+
+
+def markdown(rows: list[Row], runs: list[Run], run_labels: dict, dirs, figures: list[str] = (),
              select_by: str | None = None) -> str:
     counts = {s: sum(r.status == s for r in runs) for s in ("finished", "failed", "incomplete")}
+    shown = [*SHOWN, *eval_metrics(rows)]
+    passes = any(row.mean("forward_passes") > 1 for row in rows)  # an ensemble's cost beside its accuracy
     peaks = [m for m in LR_PEAKS if any(m in r.metrics for row in rows for r in row.runs)]
     chosen = [f"chosen on {select_by}", f"{select_by}"] if select_by else []
     lines = ["# transferlab report", "",
              "Runs under " + ", ".join(f"`{d}`" for d in dirs) + ": " +
              ", ".join(f"{n} {s}" for s, n in counts.items()) + ". Mean ± sample std over seeds.", "",
-             "| setting | " + " | ".join([*chosen, *SHOWN]) + " | trainable params | fit time (s) | seeds |" +
-             "".join(f" {m} |" for m in peaks),
-             "|---|" + "---:|" * (len(chosen) + len(SHOWN) + 3 + len(peaks))]
+             "| setting | " + " | ".join([*chosen, *shown]) + " | trainable params | fit time (s) | seeds |" +
+             "".join(f" {m} |" for m in peaks) + (" forward passes |" if passes else ""),
+             "|---|" + "---:|" * (len(chosen) + len(shown) + 3 + len(peaks) + passes)]
     for row in rows:
         label = f"**{row.label}** (best)" if row.best else row.label
         seeds = f"{len(row.runs)} ({', '.join(map(str, row.seeds))})"
         selected = [row.chosen, _pm(row, select_by)] if select_by else []
-        lines.append(f"| {label} | " + " | ".join([*selected, *(_pm(row, m) for m in SHOWN)]) +
+        lines.append(f"| {label} | " + " | ".join([*selected, *(_pm(row, m) for m in shown)]) +
                      f" | {_num(row.mean('trainable_params'), ',.0f')} | {_num(row.mean('fit_seconds'), '.1f')} | {seeds} |"
-                     + "".join(f" {_num(row.mean(m), '.3g')} |" for m in peaks))
+                     + "".join(f" {_num(row.mean(m), '.3g')} |" for m in peaks)
+                     + (f" {_num(row.mean('forward_passes'), '.0f') if row.values('forward_passes') else 1} |"
+                        if passes else ""))
     if select_by:
         lines += ["", f"Each setting above is the one with the best mean {select_by} of those tried (below); "
                       f"test metrics played no part in the choice. Peak learning rates: the highest rate the "
@@ -222,11 +234,17 @@ def markdown(rows: list[Row], runs: list[Run], run_labels: dict, dirs, figure: s
             for t in row.tried:
                 lines.append(f"| {row.label} | {t.label} | {_pm(t, select_by)} | {_pm(t, names.PRIMARY)} | "
                              f"{len(t.runs)} | {'yes' if t.key == row.key else ''} |")
+    fused = [row for row in rows if any("fusion" in r.metrics for r in row.runs)]
+    if fused:
+        lines += ["", "Fused rows (" + ", ".join(row.label for row in fused) + ") combine finished runs without "
+                  "training (tl-fuse): an α or a soup's members chosen on validation; an ensemble costs one forward "
+                  "pass per member. Their candidates are in each fusion's candidates.csv."]
     note = significance(rows)
     if note:
         lines += ["", note]
-    if figure:
-        lines += ["", f"![test accuracy and validation curves]({figure})"]
+    captions = {"report.png": "test accuracy and validation curves", "fusion.png": "accuracy along the WiSE-FT path"}
+    for figure in figures:
+        lines += ["", f"![{captions.get(figure, figure)}]({figure})"]
     problems = [r for r in runs if r.status != "finished"]
     if problems:
         lines += ["", "## Failed and incomplete runs (not counted above)", "",
@@ -239,7 +257,8 @@ def markdown(rows: list[Row], runs: list[Run], run_labels: dict, dirs, figure: s
 
 def write_csv(path: Path, rows: list[Row], runs: list[Run], run_labels: dict) -> None:
     """Rows first (``kind=row``), then every run (``kind=run``) with its status, at full precision."""
-    stats = [c for m in METRICS for c in (m, f"{m}_std")]
+    evaluated = eval_metrics(rows, names.CLASSIFICATION)
+    stats = [c for m in [*METRICS, *evaluated] for c in (m, f"{m}_std")]
     columns = ["kind", "label", "status", "best", "strategy", "model", "data", "seeds", "n_seeds", *stats,
                "trainable_params", "fit_seconds", "run_dir", "error", "chosen", *LR_PEAKS]
 
@@ -267,7 +286,7 @@ def write_csv(path: Path, rows: list[Row], runs: list[Run], run_labels: dict) ->
             writer.writerow({"kind": "run", "label": run_labels[r.dir], "status": r.status, "best": "",
                              **{k: r.describe(k) for k in ("strategy", "model", "data")},
                              "seeds": r.describe("seed"), "n_seeds": 1 if finished else 0,
-                             **{m: r.metrics.get(m, "") for m in METRICS if finished},
+                             **{m: r.metrics.get(m, "") for m in [*METRICS, *evaluated] if finished},
                              "trainable_params": r.metrics.get("trainable_params", ""),
                              "fit_seconds": r.metrics.get("fit_seconds", ""),
                              "run_dir": str(r.dir), "error": r.error or ""})

@@ -1,0 +1,33 @@
+"""``tl-fuse method=wise_ft runs=[A,B]`` | ``method=greedy_soup sweep=DIR``: fuse finished runs, no training."""
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from transferlab import CONF_DIR
+from transferlab.cli import user_errors
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="fuse")
+def task(cfg: DictConfig) -> None:
+    from transferlab.fusion import fuse
+
+    with user_errors():
+        metrics = fuse(cfg)
+    shown = [k for k in metrics if k.endswith("/acc") and not k.startswith("val/")]
+    print(f"run directory: {cfg.paths.run_dir}\n{metrics['fusion']}: chosen {metrics['chosen']} on "
+          f"{cfg.fusion.select_by}={metrics[cfg.fusion.select_by]:.4f}  " +
+          "  ".join(f"{k}={metrics[k]:.4f}" for k in shown) +
+          f"  ({metrics['forward_passes']} forward pass{'es' if metrics['forward_passes'] > 1 else ''} per input)")
+
+
+def main() -> None:
+    # `method=` is the word the docs use; the config group is `fusion`
+    sys.argv = [f"fusion={a.split('=', 1)[1]}" if a.startswith("method=") else a for a in sys.argv]
+    task()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Score candidate weights the way a run tests: ``run.build`` of the reference run's plan and the
+Trainer's own validate and test loops, so a fused model's numbers and ``tl-eval`` of its checkpoint
+are the same computation (α = 1 is exactly the fine-tuned run's test)."""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from transferlab import metrics as names
+from transferlab import run
+
+
+class Evaluator:
+    """``evaluator(weights)``: metrics of a state dict (loaded into the one model, in place) or of a
+    model (an ensemble); ``recompute_bn``: BatchNorm statistics are re-estimated on the training
+    images (evaluation transform, fixed order) first, since averaged weights never saw averaged ones."""
+
+    def __init__(self, plan, recompute_bn: bool = False):
+        self.module, self.datamodule, _, self.eval_sets = run.build(plan)
+        self.trainer = run.create_trainer(plan, Path(plan.paths.run_dir))
+        self.base, self.recompute_bn = self.module.model, recompute_bn
+
+    def _load(self, model: nn.Module, state: Mapping) -> nn.Module:
+        model.load_state_dict(state)
+        if self.recompute_bn:
+            torch.optim.swa_utils.update_bn(self.datamodule.plain_loader(self.module.streams[0], "train"), model)
+        return model
+
+    def model(self, state: Mapping) -> nn.Module:
+        """A model of its own with these weights (an ensemble member)."""
+        return self._load(copy.deepcopy(self.base), state)
+
+    def weights(self, state: Mapping) -> dict:
+        """The weights as scored (BatchNorm statistics re-estimated when asked): what fused.ckpt holds."""
+        return {k: v.detach().clone() for k, v in self._load(self.base, state).state_dict().items()}
+
+    def __call__(self, weights) -> dict:
+        self.module.model = weights if isinstance(weights, nn.Module) else self._load(self.base, weights)
+        try:
+            self.module.val_acc_best = torch.tensor(-math.inf)  # a fresh buffer: the last one is an inference tensor
+            self.trainer.validate(self.module, datamodule=self.datamodule, verbose=False)
+            metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()
+                       if k.startswith("val/") and k != names.BEST}
+            metrics.update(run.test(self.trainer, self.module, self.datamodule, self.eval_sets))
+        finally:
+            self.module.model = self.base
+        return metrics

@@ -1,0 +1,40 @@
+"""Model soups (Wortsman et al., 2022): average the weights of several fine-tunings of one
+initialisation. ``uniform_soup`` averages all of them; ``greedy_soup`` adds runs in order of their
+validation score and keeps each only if the soup's validation score does not drop, so it is never
+worse on validation than its best ingredient."""
+from __future__ import annotations
+
+from transferlab.fusion.base import FUSIONS, Candidate, Fused, Method, average
+
+
+def _alone(ingredients, score) -> list[Candidate]:
+    return [Candidate(ing.label, score(ing.state), members=[str(ing.dir)]) for ing in ingredients]
+
+
+@FUSIONS.register("uniform_soup")
+class UniformSoup(Method):
+    def __call__(self, ingredients, score, cfg) -> Fused:
+        candidates = _alone(ingredients, score)
+        state = average([ing.state for ing in ingredients])
+        candidates.append(Candidate(f"uniform soup of {len(ingredients)}", score(state),
+                                    members=[str(ing.dir) for ing in ingredients]))
+        return Fused(candidates, len(candidates) - 1, state, curve="candidate")
+
+
+@FUSIONS.register("greedy_soup")
+class GreedySoup(Method):
+    def __call__(self, ingredients, score, cfg) -> Fused:
+        alone = _alone(ingredients, score)
+        order = sorted(range(len(ingredients)), key=lambda i: -alone[i].metrics[cfg.select_by])  # stable: ties keep order
+        soup, best = [order[0]], alone[order[0]].metrics
+        steps = [Candidate(f"step 0: {ingredients[order[0]].label}", best, members=[str(ingredients[order[0]].dir)],
+                           kept=True)]
+        for step, i in enumerate(order[1:], start=1):
+            metrics = score(average([ingredients[j].state for j in [*soup, i]]))
+            kept = metrics[cfg.select_by] >= best[cfg.select_by]
+            if kept:
+                soup, best = [*soup, i], metrics
+            steps.append(Candidate(f"step {step}: +{ingredients[i].label}", metrics, kept=kept,
+                                   members=[str(ingredients[j].dir) for j in (soup if kept else [*soup, i])]))
+        chosen = len(alone) + max(k for k, c in enumerate(steps) if c.kept)
+        return Fused(alone + steps, chosen, average([ingredients[j].state for j in soup]), curve="step")
