@@ -59,12 +59,9 @@ class Ingredient:
         return list(self.checkpoint_content.get("hyper_parameters", {}).get("tasks", []))
 
     def setting(self, key: str, default=None):
-        node = self.config
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return default
-            node = node[part]
-        return node
+        from transferlab.report.collect import setting
+
+        return setting(self.config, key, default)
 
     @property
     def label(self) -> str:

@@ -19,6 +19,16 @@ from transferlab import metrics as names
 NOT_RUNS = {"wandb", ".hydra", "csv", "checkpoints", "tensorboard"}
 
 
+def setting(config: dict, key: str, default=None):
+    """A value of a saved (plain) config by dotted key."""
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
 @dataclass
 class Run:
     dir: Path
@@ -28,13 +38,7 @@ class Run:
     error: str | None = None
 
     def setting(self, key: str, default=None):
-        """A config value by dotted key."""
-        node = self.config
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return default
-            node = node[part]
-        return node
+        return setting(self.config, key, default)
 
     def describe(self, key: str):
         """strategy / model / data / seed, from metrics.json or failed.json, else from the config."""
