@@ -42,9 +42,9 @@ def is_test(key: str) -> bool:
     return key.startswith("test/")
 
 
-def is_held_out(key: str) -> bool:
-    """Measured on data that never chose anything: the test split or an evaluation set."""
-    return key.startswith(("test/", f"{EVAL}/"))
+def is_eval(key: str) -> bool:
+    """A metric of an evaluation set (``eval/<set>/<metric>``)."""
+    return key.startswith(f"{EVAL}/")
 
 
 def create_metrics(num_classes: int):

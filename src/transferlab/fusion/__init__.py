@@ -92,7 +92,7 @@ def fuse(cfg: DictConfig) -> dict:
     if fused.state is not None:
         path = out / "checkpoints" / "fused.ckpt"
         module = score.module
-        module.model.load_state_dict(score.weights(fused.state))
+        score.load(fused.state)
         module.val_acc_best = torch.tensor(float(metrics[names.BEST]))
         hparams = dict(module.hparams, config=tracking.scrub(to_plain(plan)),
                        fusion={"method": cfg.fusion.name, "chosen": chosen.name, "alpha": chosen.alpha,
@@ -142,12 +142,13 @@ def _plot(fused: Fused, select_by: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     candidates = fused.candidates
-    x = [c.alpha for c in candidates] if fused.curve == "alpha" else list(range(len(candidates)))
+    along_alpha = all(c.alpha is not None for c in candidates)  # wise_ft; soups and ensembles: one per candidate
+    x = [c.alpha for c in candidates] if along_alpha else list(range(len(candidates)))
     fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
     for metric in curve_metrics(_columns(fused)):
         ax.plot(x, [c.metrics.get(metric, float("nan")) for c in candidates], marker="o", label=metric)
     ax.axvline(x[fused.chosen], color="grey", linestyle="--", label=f"chosen on {select_by}")
-    if fused.curve == "alpha":
+    if along_alpha:
         ax.set_xlabel("α  (0 = runs[0], 1 = runs[1])")
     else:
         ax.set_xticks(x, [c.name for c in candidates], rotation=30, ha="right", fontsize=8)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from transferlab import metrics as names
 from transferlab.errors import ConfigError
 from transferlab.registry import Registry
 
@@ -67,11 +66,6 @@ class Ingredient:
     def label(self) -> str:
         return f"{self.setting('strategy.name', '?')} s{self.setting('seed', '?')} ({self.dir.name})"
 
-    @property
-    def val_score(self) -> float:
-        value = self.metrics.get(names.BEST)
-        return float(value) if isinstance(value, (int, float)) else -math.inf
-
 
 def read_ingredient(run_dir) -> Ingredient:
     import yaml
@@ -104,7 +98,7 @@ def find_ingredients(sweep, where: dict) -> list[Ingredient]:
         why = f" matching where={dict(where)}" if where else ""
         raise ConfigError(f"no finished training runs under '{sweep}'{why} ({len(runs)} runs there, "
                           f"{sum(r.status == 'finished' for r in runs)} finished); nothing to fuse")
-    return [read_ingredient(r.dir) for r in kept]
+    return [Ingredient(r.dir, r.config, r.metrics) for r in kept]  # read and checked by find_runs already
 
 
 def check_compatible(ingredients: list[Ingredient], shared_init: bool) -> None:
@@ -167,7 +161,6 @@ class Fused:
     chosen: int  # index into candidates
     state: dict | None  # the chosen weights; None for an ensemble (N models, no single state)
     forward_passes: int = 1
-    curve: str = "alpha"  # the figure's x axis: alpha | step | candidate
 
 
 class Method:

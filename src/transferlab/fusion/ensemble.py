@@ -48,4 +48,4 @@ class OutputEnsemble(Method):
         ensemble = Ensemble([score.model(ing.state) for ing in ingredients], cfg.combine)
         candidates.append(Candidate(f"ensemble of {len(ingredients)} ({cfg.combine})", score(ensemble),
                                     members=[str(ing.dir) for ing in ingredients]))
-        return Fused(candidates, len(candidates) - 1, None, forward_passes=len(ingredients), curve="candidate")
+        return Fused(candidates, len(candidates) - 1, None, forward_passes=len(ingredients))

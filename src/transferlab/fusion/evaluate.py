@@ -35,9 +35,10 @@ class Evaluator:
         """A model of its own with these weights (an ensemble member)."""
         return self._load(copy.deepcopy(self.base), state)
 
-    def weights(self, state: Mapping) -> dict:
-        """The weights as scored (BatchNorm statistics re-estimated when asked): what fused.ckpt holds."""
-        return {k: v.detach().clone() for k, v in self._load(self.base, state).state_dict().items()}
+    def load(self, state: Mapping) -> nn.Module:
+        """The module's own model with these weights as scored (BatchNorm statistics re-estimated when
+        asked): what fused.ckpt holds."""
+        return self._load(self.base, state)
 
     def __call__(self, weights) -> dict:
         self.module.model = weights if isinstance(weights, nn.Module) else self._load(self.base, weights)

@@ -198,7 +198,7 @@ def _num(value: float, fmt: str) -> str:
 
 def eval_metrics(rows: list[Row], metrics=("acc",)) -> list[str]:
     """``eval/<set>/<metric>`` columns of the evaluation sets the rows' runs were tested on."""
-    found = {k for row in rows for r in row.runs for k in r.metrics if names.is_held_out(k) and not names.is_test(k)}
+    found = {k for row in rows for r in row.runs for k in r.metrics if names.is_eval(k)}
     return sorted(k for k in found if k.count("/") == 2 and k.rsplit("/", 1)[1] in metrics)
 
 
