@@ -1,11 +1,12 @@
-"""Checkpoints: writing them (``best.ckpt`` by the monitored metric, ``last.ckpt`` after every epoch
-and on interruption, each written to a temporary file beside the target and renamed into place) and
+"""Checkpoints: writing them (``best.ckpt`` by the monitored metric, ``last.ckpt`` after every epoch,
+each written to a temporary file beside the target and renamed into place) and
 reading them (tensors only, whoever wrote them), including source weights for a new model.
 """
 from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -24,15 +25,44 @@ log = logging.getLogger(__name__)
 
 
 def create_checkpoints(run_dir: Path) -> list[Callback]:
-    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=metrics.MONITOR, mode="max",
-                           auto_insert_metric_name=False)
+    best = RelocatableCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=metrics.MONITOR, mode="max",
+                                 auto_insert_metric_name=False)
     return [best, LastCheckpoint(best, run_dir / "checkpoints"), CheckpointOnInterrupt(run_dir)]
+
+
+class RelocatableCheckpoint(ModelCheckpoint):
+    """Paths inside a checkpoint are read relative to the folder it was written in, so a run directory
+    that was moved or copied before ``resume=`` keeps its best checkpoint and score (Lightning forgets
+    both when the folder's name changed, and would then save and test a worse epoch as "best")."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old and new and old != new:
+            def moved(path):
+                if not isinstance(path, str) or not path:
+                    return path
+                return os.path.join(new, os.path.relpath(path, old)) if Path(path).is_relative_to(old) else path
+            state_dict = {**state_dict, "dirpath": new, **{k: moved(state_dict.get(k)) for k in (
+                "best_model_path", "kth_best_model_path", "last_model_path")},
+                "best_k_models": {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}}
+        super().load_state_dict(state_dict)
 
 
 class StreamingCheckpointIO(TorchCheckpointIO):
     """``torch.save`` straight into a temporary file, then rename. Lightning's own first serialises
     the whole checkpoint into memory and then copies it to the file: twice the host memory for a
-    large model and a third slower."""
+    large model and a third slower. Reading (``ckpt_path=``, ``resume=``, testing the best) goes
+    through ``read_checkpoint``: tensors only, whatever torch's default."""
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location, weights_only=True)
+        ckpt = read_checkpoint(path)
+        if "pytorch-lightning_version" not in ckpt:
+            raise CheckpointError(f"'{path}' is not a Lightning checkpoint of a transferlab run, so training cannot "
+                                  f"continue from it (ckpt_path= / resume=); to start from its weights use "
+                                  f"model.checkpoint={path}")
+        return ckpt
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         if storage_options is not None or "://" in str(path):  # remote storage: Lightning's fsspec path
@@ -47,7 +77,7 @@ class StreamingCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
 
 
-class LastCheckpoint(ModelCheckpoint):
+class LastCheckpoint(RelocatableCheckpoint):
     """``last.ckpt`` after every epoch; in an epoch where ``best`` just wrote the same state, a hard
     link to its file instead of a second write.
 
@@ -84,10 +114,12 @@ class LastCheckpoint(ModelCheckpoint):
 
 
 class CheckpointOnInterrupt(Callback):
-    """On SIGTERM (pre-emption, ``kill``, SLURM's time limit) or Ctrl-C, save ``last.ckpt`` before exiting.
+    """On SIGTERM (pre-emption, ``kill``, SLURM's time limit) or Ctrl-C: say how to resume, and from where.
 
-    Lightning stops after the current batch when SIGTERM arrives; this saves where it stopped
-    (written to a temporary file and renamed, like every Lightning checkpoint) and says how to resume.
+    Nothing is saved mid-epoch: a mid-epoch checkpoint cannot restore the sampler's order and the
+    workers' random state, so a resumed run would train on other batches and end with other
+    metrics. ``last.ckpt`` from the last finished epoch is a point the run restores exactly; the
+    interrupted epoch is trained again, as the uninterrupted run trained it.
     """
 
     def __init__(self, run_dir: Path):
@@ -96,11 +128,17 @@ class CheckpointOnInterrupt(Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)) or trainer.state.fn != "fit":
             return
-        path = self.run_dir / "checkpoints" / "last.ckpt"
-        trainer.save_checkpoint(path)
-        if trainer.is_global_zero:
-            print(f"interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}; saved {path}\n"
-                  f"resume with: tl-train resume={self.run_dir}", file=sys.stderr, flush=True)
+        if not trainer.is_global_zero:
+            return
+        last = self.run_dir / "checkpoints" / "last.ckpt"
+        where = f"interrupted in epoch {trainer.current_epoch} (step {trainer.global_step})"
+        if last.is_file():
+            print(f"{where}; {last} holds the end of the last finished epoch, and resuming repeats the interrupted "
+                  f"one exactly\nresume with: tl-train resume={shlex.quote(str(self.run_dir))}",
+                  file=sys.stderr, flush=True)
+        else:
+            print(f"{where}, before any epoch finished: there is nothing to resume; start the run again",
+                  file=sys.stderr, flush=True)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:

@@ -1,4 +1,4 @@
-"""Composing configs outside and inside a Hydra app, and reading saved ones (allowlist-checked).
+"""Composing configs outside and inside a Hydra app, and reading saved ones (refusing code and interpolations).
 
 Checking a config's values is ``plan.validate``'s job, as part of resolving the run's plan.
 """
@@ -10,24 +10,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from transferlab import CONF_DIR
+from transferlab import CONF_DIR, rundir  # noqa: F401 - rundir registers the run-dir resolvers
 from transferlab.errors import ConfigError
-
-def _resume_dir(resume, default):
-    """Hydra's run dir: a resumed run continues in its own directory, if that is a run directory."""
-    from pathlib import Path
-
-    return resume if resume and (Path(str(resume)) / "config.yaml").is_file() else default
-
-
-OmegaConf.register_new_resolver("tl.resume_dir", _resume_dir, replace=True)
-
-# What a saved config may instantiate (tl-train resume=, tl-reproduce, tl-eval): classes of these
-# packages only. Not whole libraries: `torch.load` or `torch.hub.load` would run a stranger's code.
-ALLOWED_TARGETS = ("transferlab.", "pytorch_lightning.loggers.", "pytorch_lightning.callbacks.",
-                   "lightning.pytorch.loggers.", "lightning.pytorch.callbacks.", "torch.optim.",
-                   "torchvision.transforms.", "timm.data.", "timm.optim.", "timm.scheduler.")
-
 
 @contextmanager
 def _hydra_ready():
@@ -44,22 +28,29 @@ def compose_config(overrides: list[str], config_name: str = "train") -> DictConf
         return compose(config_name=config_name, overrides=list(overrides))
 
 
-def check_targets(node, where: str) -> None:
-    """Refuse a config from disk that would instantiate anything outside the allowed packages."""
+def check_saved(node, where: str, key: str = "") -> None:
+    """Refuse a config from disk (a run's config.yaml, a checkpoint's) that names code or hides values.
+
+    transferlab writes saved configs fully resolved, with implementations named by registry name
+    (``strategy.kind``, ``logger.<entry>.kind``), so a ``_target_`` (an import path Hydra would call)
+    or an interpolation (resolved later, past any check) can only come from someone else's hand."""
     if isinstance(node, dict):
-        target = node.get("_target_")
-        if target is not None and not str(target).startswith(ALLOWED_TARGETS):
-            raise ConfigError(f"{where} asks to instantiate '{target}', which is not allowed; a saved config may "
-                              f"only name classes from: {', '.join(p.rstrip('.') for p in ALLOWED_TARGETS)}")
-        for value in node.values():
-            check_targets(value, where)
+        if "_target_" in node:
+            raise ConfigError(f"{where} sets {key + '.' if key else ''}_target_={node['_target_']!r}: a saved config "
+                              f"may not name code to instantiate (not allowed; transferlab chooses implementations by "
+                              f"registry name). Refusing to use it")
+        for k, value in node.items():
+            check_saved(value, where, f"{key}.{k}" if key else str(k))
     elif isinstance(node, list):
-        for value in node:
-            check_targets(value, where)
+        for i, value in enumerate(node):
+            check_saved(value, where, f"{key}[{i}]")
+    elif isinstance(node, str) and "${" in node:
+        raise ConfigError(f"{where} sets {key}={node!r}: a saved config is fully resolved, so an interpolation "
+                          f"there is not allowed (it would be resolved after every check). Refusing to use it")
 
 
 def load_run_config(run_dir) -> DictConfig:
-    """A finished or interrupted run's resolved config.yaml, after the _target_ allowlist check."""
+    """A finished or interrupted run's resolved config.yaml, after ``check_saved``."""
     from pathlib import Path
 
     path = Path(run_dir) / "config.yaml"
@@ -69,7 +60,7 @@ def load_run_config(run_dir) -> DictConfig:
         cfg = OmegaConf.load(path)
     except Exception as e:  # noqa: BLE001 - YAML errors of all kinds
         raise ConfigError(f"'{path}' is not a readable config: {e}") from None
-    check_targets(OmegaConf.to_container(cfg), str(path))
+    check_saved(OmegaConf.to_container(cfg, resolve=False), str(path))
     return cfg
 
 

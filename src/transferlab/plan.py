@@ -53,6 +53,10 @@ SCHEMA = {
     "optimizer.momentum": (_fraction, "a number in [0, 1)"),
     "trainer.max_epochs": (_positive_int, "a positive integer"),
     "model.drop_rate": (_fraction, "a number in [0, 1)"),
+    "model.head.hidden": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                          "an integer >= 0 (0 = a linear head, >0 = the hidden width of an MLP head)"),
+    "model.head.dropout": (_fraction, "a number in [0, 1)"),
+    "trainer.check_val_every_n_epoch": (lambda v: v is None or _positive_int(v), "null or a positive integer"),
     "model.name": (lambda v: isinstance(v, str) and v != "", "a model name of its family"),
     "scheduler.warmup_epochs": (_non_negative_number, "a number >= 0"),
     "strategy.bn": (lambda v: v in ("train", "frozen"), "a BatchNorm policy: one of train, frozen"),
@@ -97,14 +101,14 @@ def from_checkpoint(ckpt_path, overrides: dict | None = None) -> DictConfig:
     """The plan a transferlab checkpoint was trained with, its weights to come from checkpoints (no
     source run, no pretrained download, one device): what tl-eval and tl-fuse evaluate with."""
     from transferlab.checkpoints import read_checkpoint
-    from transferlab.config import check_targets
+    from transferlab.config import check_saved
 
     hparams = read_checkpoint(ckpt_path).get("hyper_parameters", {})
     saved = hparams.get("config")
     if not saved:
         raise ConfigError(f"'{ckpt_path}' is not a transferlab checkpoint (it holds no run config); "
                           f"to start a run from foreign weights use tl-train model.checkpoint=...")
-    check_targets(saved, f"the config inside '{ckpt_path}'")
+    check_saved(saved, f"the config inside '{ckpt_path}'")
     fixed = {"model.checkpoint": None, "model.pretrained": False, "source": None, "resume": None, "ckpt_path": None,
              "trainer.devices": 1, "trainer.num_nodes": 1, "trainer.strategy": "auto"}
     for task in hparams.get("tasks", []):  # a dataset with another class count is then a clear error
@@ -126,9 +130,19 @@ def validate(cfg: DictConfig, tasks: bool = True) -> None:
             raise ConfigError(f"config value {key} cannot be read: {e}") from None
         if value != "__absent__" and not ok(value):
             raise ConfigError(f"{key}={value!r} is not valid: it must be {valid}")
+    _check_validation_interval(cfg)
     _check_choices(cfg)
     if tasks:
         task_specs(cfg.tasks, cfg.multitask.get("monitor"))
+
+
+def _check_validation_interval(cfg: DictConfig) -> None:
+    """Checkpoints are chosen on validation: a run that never validates has no best checkpoint to test."""
+    every = OmegaConf.select(cfg, "trainer.check_val_every_n_epoch", default=None)
+    epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
+    if isinstance(every, int) and isinstance(epochs, int) and every > epochs:
+        raise ConfigError(f"trainer.check_val_every_n_epoch={every} is more than trainer.max_epochs={epochs}: the run "
+                          f"would never validate, so no checkpoint could be chosen; use a value <= {epochs}")
 
 
 def _check_choices(cfg: DictConfig) -> None:
@@ -187,6 +201,7 @@ def _resumed(run_dir) -> DictConfig:
         raise ConfigError(f"'{run_dir}' already finished (metrics.json exists); nothing to resume")
     set_value(cfg, "ckpt_path", str(last))
     set_value(cfg, "paths.run_dir", str(Path(run_dir).resolve()))
+    set_value(cfg, "resume", str(Path(run_dir).resolve()))  # config.yaml then says the run was resumed
     return cfg
 
 

@@ -31,6 +31,7 @@ from transferlab.models import create_model
 from transferlab.module import TransferModule
 from transferlab.optim import create_optimizer, create_scheduler
 from transferlab.plan import resolve
+from transferlab.rundir import check_unused
 from transferlab.strategies import Strategy, create_strategy
 from transferlab.tasks import create_loss_weighting, create_tasks, stream_of, task_specs
 
@@ -52,6 +53,9 @@ def build(plan) -> Parts:
     tasks = create_tasks(specs, {name: streams[stream_of(s["data"], name)]["splits"]["train"].classes[s["label"]]
                                  for name, s in specs.items()})
     model = create_model(plan.model, tasks)
+    if plan.model.get("compile") and (plan.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available()):
+        log.warning("model.compile=true on a CPU: compiling takes longer than these runs gain from it (measured "
+                    "30x slower for the default experiment); it pays off on GPUs")
     strategy = create_strategy(plan.strategy)
     strategy.check_fits(model, plan.trainer.max_epochs)
     module = TransferModule(
@@ -123,6 +127,8 @@ def train(cfg, callbacks: tuple[Callback, ...] = (), overrides: dict | None = No
     """
     plan = resolve(cfg, overrides, train_source=train)
     run_dir = Path(plan.paths.run_dir)
+    if not plan.get("resume"):
+        check_unused(run_dir)
     pl.seed_everything(plan.seed, workers=True)
     module, datamodule, strategy, eval_sets = build(plan)
     best, *checkpoints = create_checkpoints(run_dir)

@@ -11,6 +11,8 @@ import fcntl
 import hashlib
 import json
 import logging
+import shutil
+import zipfile
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -53,11 +55,33 @@ def prepare_source(cfg, train_fn) -> str | None:
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / ".lock", "w") as lock:  # concurrent jobs wait for one source run
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (run_dir / "metrics.json").is_file():
+        checkpoint = _cached_checkpoint(run_dir)
+        if checkpoint is None:
             log.info("training the source model (%s) into %s; later runs reuse it",
                      " ".join(cfg.source.overrides), run_dir)
             _as_rank_zero(train_fn, src)
+            checkpoint = _cached_checkpoint(run_dir)
         else:
             log.info("reusing the cached source model in %s", run_dir)
-    best = json.loads((run_dir / "metrics.json").read_text()).get("best_checkpoint")
-    return best or str(run_dir / "checkpoints" / "last.ckpt")
+    return checkpoint
+
+
+def _cached_checkpoint(run_dir: Path) -> str | None:
+    """The finished source run's checkpoint; None (and the folder emptied, it is a cache) when the run
+    was interrupted or its files are damaged, so it is trained again instead of failing every run."""
+    try:
+        best = json.loads((run_dir / "metrics.json").read_text()).get("best_checkpoint")
+        path = run_dir / "checkpoints" / (Path(best).name if best else "last.ckpt")
+        if zipfile.is_zipfile(path):  # torch checkpoints are zip archives: a truncated one is not
+            return str(path)
+        problem = f"its checkpoint {path} is damaged"
+    except FileNotFoundError:
+        problem = None if not any(p.name != ".lock" for p in run_dir.iterdir()) else "it never finished"
+    except (OSError, ValueError, AttributeError) as e:
+        problem = f"its metrics.json is unreadable ({e})"
+    if problem:
+        log.warning("the cached source run in %s is unusable (%s); training it again", run_dir, problem)
+    for path in run_dir.iterdir():
+        if path.name != ".lock":
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    return None

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -22,14 +22,13 @@ import yaml
 from pytorch_lightning import loggers as pl_loggers
 from pytorch_lightning.utilities import rank_zero_only
 
+from transferlab.redact import REDACTED, SECRET_NAME, argv_scrubbed, scrub  # noqa: F401 - re-exported
 from transferlab.registry import Registry
 
 log = logging.getLogger(__name__)
 
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
 PACKAGES = ("torch", "torchvision", "timm", "pytorch-lightning", "hydra-core", "omegaconf", "wandb",
             "torchmetrics", "numpy", "scikit-learn", "transferlab")
-REDACTED = "<redacted>"
 
 LOGGERS = Registry("logger", "logger.<entry>.kind")  # each takes save_dir= and its own keys
 LOGGERS.register("csv", pl_loggers.CSVLogger)
@@ -37,28 +36,12 @@ LOGGERS.register("wandb", pl_loggers.WandbLogger)
 LOGGERS.register("tensorboard", pl_loggers.TensorBoardLogger)
 
 
-def _secret_values() -> set[str]:
-    return {v for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 4}
-
-
-def scrub(obj, secrets: set[str] | None = None):
-    """A copy with secret-named keys and any secret environment value replaced by a marker."""
-    secrets = _secret_values() if secrets is None else secrets
-    if isinstance(obj, dict):
-        return {k: REDACTED if SECRET_NAME.search(str(k)) else scrub(v, secrets) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [scrub(v, secrets) for v in obj]
-    if isinstance(obj, str):
-        for s in secrets:
-            obj = obj.replace(s, REDACTED)
-    return obj
-
-
 def write_atomic(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the run from the user's group
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -69,8 +52,26 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def strict_json(obj):
+    """JSON has no NaN or infinity (Python writes them, most readers refuse them): null instead."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj) -> None:
-    write_atomic(path, json.dumps(scrub(obj), indent=2, sort_keys=True, default=str) + "\n")
+    write_atomic(path, json.dumps(strict_json(scrub(obj)), indent=2, sort_keys=True, default=str,
+                                  allow_nan=False) + "\n")
 
 
 def write_yaml(path: Path, obj) -> None:
@@ -131,7 +132,8 @@ def _wandb_or_offline(logger, settings, run_dir):
     if not rank_zero_only.rank == 0:
         return logger
     try:
-        logger.experiment  # noqa: B018 - creating the run is the point
+        with argv_scrubbed():  # W&B records the command line in the run's metadata
+            logger.experiment  # noqa: B018 - creating the run is the point
         return logger
     except Exception as e:  # noqa: BLE001 - wandb raises many kinds when the network is down
         log.warning("W&B could not start in mode %s (%s); logging offline to %s/wandb instead; "
@@ -140,7 +142,10 @@ def _wandb_or_offline(logger, settings, run_dir):
 
         os.environ["WANDB_MODE"] = "offline"
         wandb.teardown()  # wandb keeps the failed mode in its process-wide settings otherwise
-        return LOGGERS.create("wandb", save_dir=str(run_dir), **dict(settings, offline=True))
+        logger = LOGGERS.create("wandb", save_dir=str(run_dir), **dict(settings, offline=True))
+        with argv_scrubbed():
+            logger.experiment  # noqa: B018
+        return logger
 
 
 def log_config(loggers, config: dict) -> None:

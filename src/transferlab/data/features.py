@@ -87,7 +87,16 @@ def cached_features(backbone: torch.nn.Module, encode, dataset, batch_size: int,
         if tmp is None:
             return extract(store)
         try:
-            return _publish(extract(tmp / "features.npy"), tmp, cache_dir / key)
+            try:
+                result = extract(tmp / "features.npy")
+            except OSError as e:  # e.g. a full disk under a large set's memory-mapped file
+                _unwritable(cache_dir, e)
+                return extract(store)
+            try:
+                return _publish(result, tmp, cache_dir / key)
+            except OSError as e:  # a full disk, a quota: the cache is optional, this run's features are not
+                _unwritable(cache_dir, e)
+                return result
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # gone after a successful publish; else a loser's or a failure's
 
@@ -144,8 +153,12 @@ def _reserve(cache_dir: Path, key: str) -> Path | None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
     except OSError as e:
-        log.warning("cannot write to the feature cache %s (%s); features stay with this run", cache_dir, e)
+        _unwritable(cache_dir, e)
         return None
+
+
+def _unwritable(cache_dir: Path, error: OSError) -> None:
+    log.warning("cannot write to the feature cache %s (%s); features stay with this run", cache_dir, error)
 
 
 def _publish(result: FeatureSet, tmp: Path, entry: Path) -> FeatureSet:
