@@ -53,6 +53,25 @@ CASES = {
     "seed_not_a_number": Case("tl-train", ["seed=abc"], ["seed='abc'", "an integer"]),
     "warmup_negative": Case("tl-train", ["scheduler.warmup_epochs=-1"], ["scheduler.warmup_epochs=-1"]),
     "unknown_key": Case("tl-train", ["optimizer.lrr=0.1"], ["optimizer.lrr"]),
+    "head_hidden_negative": Case("tl-train", ["model.head.hidden=-5"], ["model.head.hidden=-5", "integer >= 0"]),
+    "validation_never_runs": Case("tl-train", ["trainer.check_val_every_n_epoch=5"],
+                                  ["trainer.check_val_every_n_epoch=5", "never validate"]),
+    # a choice the config alone shows wrong fails before the source run would train
+    "loss_weighting_unknown_with_source": Case("tl-train", ["source=digits", "multitask.loss_weighting=foo"],
+                                               ["unknown loss weighting 'foo'", "fixed, uncertainty"]),
+    # --- run directories ---------------------------------------------------------------------------
+    "run_dir_holds_a_finished_run": Case("tl-train", ["hydra.run.dir={f}/run"],
+                                         ["{f}/run", "already holds a finished run"]),
+    "run_dir_holds_an_unfinished_run": Case("tl-train", ["hydra.run.dir={f}/run_unfinished"],
+                                            ["{f}/run_unfinished", "unfinished run", "resume={f}/run_unfinished"]),
+    "resume_with_overrides": Case("tl-train", ["resume={f}/run_unfinished", "trainer.max_epochs=2",
+                                               "optimizer.lr=0.5"],
+                                  ["trainer.max_epochs=2 optimizer.lr=0.5", "would not apply"], train_args=False),
+    "run_dir_unwritable": Case("tl-train", ["hydra.run.dir=/proc/transferlab-run"],
+                               ["cannot write the run directory '/proc/transferlab-run'"]),
+    "experiment_name_too_long": Case("tl-train", ["experiment_name=" + "x" * 300],
+                                     ["cannot write the run directory", "File name too long",
+                                      "shorter experiment_name"]),
     # --- unknown names ----------------------------------------------------------------------------
     "unknown_model_name": Case("tl-train", ["model.name=resnet_does_not_exist"],
                                ["unknown model 'resnet_does_not_exist'"]),
@@ -195,12 +214,15 @@ def test_resume_on_a_directory_that_is_not_a_run_leaves_it_untouched(results):
 
 
 def test_failed_commands_did_not_touch_the_runs_they_read(results):
-    """A refused tl-reproduce / tl-eval leaves the run it was pointed at as it was."""
+    """A refused tl-reproduce / tl-eval / tl-train hydra.run.dir= / resume= leaves the run it was pointed at
+    as it was."""
     before, f = results["before"], results["files"]
     for path, mtime in before.items():
         if path.is_relative_to(f / "not_a_run"):
             continue  # see test_resume_on_a_directory_that_is_not_a_run_leaves_it_untouched
         assert path.exists() and path.stat().st_mtime_ns == mtime, path
+    # nor wrote anything into them (Hydra's .hydra/ record of a refused command, a new checkpoint, ...)
+    assert sorted(set(f.rglob("*")) - set(before)) == []
     for run in ("run", "run_unfinished", "run_corrupt_metrics"):
         assert not list(f.glob(f"{run}-reproduced-*")), run
     assert json.loads((f / "run" / "metrics.json").read_text())["test/acc"] >= 0

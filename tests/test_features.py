@@ -134,3 +134,25 @@ def test_an_unwritable_feature_cache_leaves_features_with_the_run(tmp_path, capl
     assert blocked.read_text().startswith("a file")
     assert any("cannot write to the feature cache" in r.getMessage() and str(blocked) in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_full_disk_under_the_feature_cache_leaves_features_with_the_run(tmp_path, caplog):
+    """The shared cache is optional: when publishing fails midway (ENOSPC on a real, tiny filesystem),
+    the run keeps the features it extracted and ends as an uncached run does; no half entry is left."""
+    import subprocess
+
+    full = tmp_path / "full"
+    full.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(full)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small filesystem here (needs root)")
+    try:
+        with caplog.at_level("WARNING", logger="transferlab.data.features"):
+            metrics = _probe(tmp_path / "run", full)
+        leftovers = sorted(p.name for p in full.iterdir())
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
+    plain = _probe(tmp_path / "plain", "null")
+    assert metrics["test/acc"] == pytest.approx(plain["test/acc"], abs=0.005)
+    assert any("cannot write to the feature cache" in r.getMessage() and "No space left" in r.getMessage()
+               for r in caplog.records)
+    assert leftovers == []

@@ -21,6 +21,7 @@ import pathlib
 import re
 import secrets
 import shutil
+import stat
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,12 +42,13 @@ NO_SOURCE = [o for o in FAST if o != FAST_SOURCE and not o.startswith(("logger="
 NO_SOURCE.append("source=none")
 
 
-def run_cli(command: str, *args, cwd: Path, env: dict | None = None, drop: tuple = (), timeout: int = 300):
+def run_cli(command: str, *args, cwd: Path, env: dict | None = None, drop: tuple = (), timeout: int = 300,
+            umask: int | None = None):
     """A console script as a user runs it; ``drop`` removes variables from the inherited environment."""
     full = {k: v for k, v in os.environ.items() if k not in drop}
     full.update({"OMP_NUM_THREADS": "1"}, **(env or {}))
     return subprocess.run([str(BIN / command), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=full)
+                          env=full, preexec_fn=None if umask is None else (lambda: os.umask(umask)))
 
 
 def concurrently(jobs: dict) -> dict:
@@ -211,7 +213,7 @@ def edit_config(run_dir: Path, edit) -> None:
 
 def snapshot(folder: Path) -> dict:
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in folder.rglob("*") if p.is_file() and ".hydra" not in p.parts and p.name != "train.log"}
+            for p in folder.rglob("*") if p.is_file() and p.name != "train.log"}
 
 
 @pytest.fixture(scope="module")
@@ -257,6 +259,34 @@ def untrusted(finished_run, tmp_path_factory):
                 cases[name] = ("tl-train", [f"resume={run_dir}"], run_dir)
             else:
                 cases[name] = ("tl-reproduce", [str(run_dir)], run_dir)
+
+    # a helper inside transferlab that writes a file of the config's choosing, and an interpolation
+    def write_file(marker):
+        return {"_target_": "transferlab.tracking.write_atomic", "path": str(marker), "text": "echo pwned\n"}
+
+    hostile = {"write_file": lambda m: (lambda c: c.__setitem__("strategy", write_file(m))),
+               "interpolation": lambda m: (lambda c: c["data"].__setitem__("name", "${oc.env:HOME}"))}
+    for kind, edit in hostile.items():
+        for command in ("reproduce", "resume"):
+            name = f"{command}_{kind}"
+            run_dir = root / name
+            shutil.copytree(finished_run, run_dir)
+            edit_config(run_dir, edit(markers / name))
+            if command == "resume":
+                (run_dir / "metrics.json").unlink()
+                cases[name] = ("tl-train", [f"resume={run_dir}"], run_dir)
+            else:
+                cases[name] = ("tl-reproduce", [str(run_dir), "--allow-version-change"], run_dir)
+
+    # tl-train ckpt_path= and resume= load Lightning checkpoints: a planted pickle there must not run either
+    evil_fit = plant_pickle(root / "evil_fit.ckpt", markers / "train_ckpt_path")
+    cases["train_ckpt_path"] = ("tl-train", [*NO_SOURCE, "logger=csv", "trainer.max_epochs=1",
+                                             f"ckpt_path={evil_fit}"], evil_fit)
+    planted = root / "resume_planted_last"
+    shutil.copytree(finished_run, planted)
+    (planted / "metrics.json").unlink()
+    plant_pickle(planted / "checkpoints" / "last.ckpt", markers / "resume_planted_last")
+    cases["resume_planted_last"] = ("tl-train", [f"resume={planted}"], planted)
 
     # a checkpoint that passes weights_only (plain data) but whose saved config names os.system
     ckpt = torch.load(finished_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -316,6 +346,28 @@ def test_a_checkpoint_whose_saved_config_names_a_target_outside_the_allowlist_is
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("case", ["reproduce_write_file", "resume_write_file"])
+def test_a_saved_config_cannot_call_transferlab_helpers_either(untrusted, case):
+    result, marker, run_dir, before = untrusted[case]
+    _refused(result, "strategy._target_='transferlab.tracking.write_atomic'", "not allowed", run_dir / "config.yaml")
+    assert not marker.exists(), f"the saved config wrote a file during {case}"
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("case", ["reproduce_interpolation", "resume_interpolation"])
+def test_a_saved_config_with_an_interpolation_is_refused_naming_the_key(untrusted, case):
+    result, _, run_dir, before = untrusted[case]
+    _refused(result, "data.name='${oc.env:HOME}'", "interpolation", run_dir / "config.yaml")
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("case", ["train_ckpt_path", "resume_planted_last"])
+def test_ckpt_path_and_resume_load_tensors_only(untrusted, case):
+    result, marker, target, _ = untrusted[case]
+    _refused(result, "weights_only")
+    assert not marker.exists(), f"the planted pickle ran during {case}"
+
+
 def test_an_allowlisted_package_cannot_be_used_to_unpickle_a_planted_file(untrusted):
     result, marker, _, _ = untrusted["reproduce_allowlisted_loader"]
     assert not marker.exists(), "tl-reproduce ran code from a pickle named by the saved config's strategy._target_"
@@ -325,11 +377,15 @@ def test_an_allowlisted_package_cannot_be_used_to_unpickle_a_planted_file(untrus
 @pytest.fixture(scope="module")
 def secret_run(tmp_path_factory):
     """A real tl-train run (csv + W&B offline) with two secrets in its environment, one interpolated
-    into the config (``+notes=${oc.env:MY_SERVICE_TOKEN}``: the literal text, no shell involved)."""
+    into the config (``+notes=${oc.env:MY_SERVICE_TOKEN}``: the literal text, no shell involved), and
+    one passed as an override (``+db.password=...``); started under umask 027."""
     cwd = tmp_path_factory.mktemp("secrets")
     values = {"WANDB_API_KEY": "wk" + secrets.token_hex(20), "MY_SERVICE_TOKEN": "st" + secrets.token_hex(16)}
+    password = "pw" + secrets.token_hex(12)
     result = run_cli("tl-train", *NO_SOURCE, "logger=many", "trainer.max_epochs=1", "+notes=${oc.env:MY_SERVICE_TOKEN}",
-                     f"paths.output_dir={cwd / 'outputs'}", cwd=cwd, env=values)
+                     f"+db.password={password}", f"paths.output_dir={cwd / 'outputs'}", cwd=cwd, env=values,
+                     umask=0o027)
+    values["override db.password"] = password
     assert result.returncode == 0, result.stderr[-3000:]
     (metrics,) = (cwd / "outputs").rglob("metrics.json")
     return metrics.parent, values, result
@@ -364,6 +420,19 @@ def test_no_run_file_but_checkpoints_holds_a_secret(secret_run):
 def test_checkpoints_hold_no_secret(secret_run):
     run_dir, values, _ = secret_run
     assert leaks(run_dir, values, skip=lambda p: p.suffix != ".ckpt") == {}
+
+
+def test_an_override_secret_is_redacted_in_hydras_record_and_env_json(secret_run):
+    run_dir, _, _ = secret_run
+    assert "+db.password=<redacted>" in yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+    assert "+db.password=<redacted>" in json.loads((run_dir / "env.json").read_text())["argv"]
+    assert yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())["db"]["password"] == tracking.REDACTED
+
+
+def test_run_files_follow_the_umask(secret_run):
+    run_dir, _, _ = secret_run
+    for name in ("metrics.json", "config.yaml", "env.json"):
+        assert stat.S_IMODE((run_dir / name).stat().st_mode) == 0o640, name  # 0o666 & ~0o027
 
 
 # ---------------------------------------------------------------------------------------------------

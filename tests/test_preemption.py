@@ -1,0 +1,120 @@
+"""Pre-emption and resume as a user meets them: a real signal mid-training, ``tl-train resume=``, and the
+metrics of the run that was never interrupted.
+
+The guarantee (README, "Resume"): SIGTERM or Ctrl-C saves nothing mid-epoch; ``checkpoints/last.ckpt``
+holds the end of the last finished epoch, and ``resume=`` repeats the interrupted epoch exactly, so the
+resumed run ends with the uninterrupted run's metrics, bit for bit on CPU. A run directory moved or
+copied before resuming keeps its best checkpoint and score.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import BIN, ONE_THREAD, cli
+
+from transferlab.checkpoints import read_checkpoint
+from transferlab.metrics import COMPARED
+
+pytestmark = pytest.mark.slow
+
+# 50 images per class in batches of 5: 50 steps an epoch, so a signal a second after the first
+# checkpoint lands inside an epoch (the guarantee holds wherever it lands).
+RUN = ["source=none", "logger=csv", "trainer.max_epochs=6", "data.batch_size=5", "data.train_per_class=50",
+       "data.num_workers=0", "trainer.enable_progress_bar=false"]
+SAME = (*COMPARED, "test/loss", "val/acc_best", "epochs")
+
+
+def interrupt(run_dir: Path, sig: signal.Signals, cwd: Path) -> tuple[int, str, int]:
+    """Start tl-train into ``run_dir``, send ``sig`` a second after its first last.ckpt appeared;
+    (exit code, stderr, the epoch last.ckpt held when the signal was sent)."""
+    proc = subprocess.Popen([str(BIN / "tl-train"), *RUN, f"hydra.run.dir={run_dir}"], cwd=cwd, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, **ONE_THREAD})
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    try:
+        while not last.exists():
+            assert proc.poll() is None, f"tl-train ended before its first checkpoint: {proc.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "no checkpoints/last.ckpt in time"
+            time.sleep(0.02)
+        time.sleep(1.0)
+        epoch = read_checkpoint(last)["epoch"]
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, stderr, epoch
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("preemption")
+    full = cli("tl-train", *RUN, f"hydra.run.dir={root / 'uninterrupted'}", cwd=root, env=ONE_THREAD)
+    assert full.returncode == 0, full.stderr[-3000:]
+    out = {"root": root, "full": json.loads((root / "uninterrupted" / "metrics.json").read_text())}
+    for name, sig in (("sigterm", signal.SIGTERM), ("ctrl_c", signal.SIGINT)):
+        code, stderr, epoch = interrupt(root / name, sig, root)
+        out[name] = {"code": code, "stderr": stderr, "epoch": epoch,
+                     "last": read_checkpoint(root / name / "checkpoints" / "last.ckpt")}
+    # resume= with overrides is refused before anything is written into the run
+    before = sorted((p, p.stat().st_mtime_ns) for p in (root / "sigterm").rglob("*"))
+    out["overrides"] = cli("tl-train", f"resume={root / 'sigterm'}", "trainer.max_epochs=8", "optimizer.lr=0.5",
+                           cwd=root, env=ONE_THREAD)
+    out["untouched"] = before == sorted((p, p.stat().st_mtime_ns) for p in (root / "sigterm").rglob("*"))
+    out["sigterm"]["resumed"] = cli("tl-train", f"resume={root / 'sigterm'}", cwd=root, env=ONE_THREAD)
+    # Ctrl-C, then the run directory is moved before resuming
+    shutil.move(root / "ctrl_c", root / "ctrl_c_moved")
+    out["ctrl_c"]["resumed"] = cli("tl-train", f"resume={root / 'ctrl_c_moved'}", cwd=root, env=ONE_THREAD)
+    return out
+
+
+def test_sigterm_exits_143_with_a_quoted_resume_hint_and_no_mid_epoch_checkpoint(runs):
+    run = runs["sigterm"]
+    assert run["code"] == 143, run["stderr"][-2000:]
+    assert f"resume with: tl-train resume={runs['root'] / 'sigterm'}" in run["stderr"]
+    # last.ckpt is still an epoch's end: no batch of a later epoch counted in it
+    assert run["last"]["epoch"] >= run["epoch"]
+    assert run["last"]["global_step"] == (run["last"]["epoch"] + 1) * 50  # 5 classes x 50 images / batches of 5
+
+
+def test_resume_after_sigterm_mid_training_ends_with_the_uninterrupted_runs_metrics(runs):
+    resumed = runs["sigterm"]["resumed"]
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert runs["sigterm"]["last"]["epoch"] < 5, "the signal came after training ended; nothing was resumed"
+    metrics = json.loads((runs["root"] / "sigterm" / "metrics.json").read_text())
+    for key in SAME:
+        assert metrics[key] == runs["full"][key], (key, metrics[key], runs["full"][key])
+
+
+def test_resume_after_ctrl_c_ends_with_the_uninterrupted_runs_metrics(runs):
+    run = runs["ctrl_c"]
+    assert run["code"] != 0 and "resume with: tl-train resume=" in run["stderr"], run["stderr"][-2000:]
+    assert run["resumed"].returncode == 0, run["resumed"].stderr[-3000:]
+    metrics = json.loads((runs["root"] / "ctrl_c_moved" / "metrics.json").read_text())
+    for key in SAME:
+        assert metrics[key] == runs["full"][key], (key, metrics[key], runs["full"][key])
+
+
+def test_a_moved_run_resumes_with_its_best_checkpoint_and_score(runs):
+    moved = runs["root"] / "ctrl_c_moved"
+    metrics = json.loads((moved / "metrics.json").read_text())
+    assert metrics["best_checkpoint"] == str(moved / "checkpoints" / "best.ckpt")
+    assert sorted(p.name for p in (moved / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert metrics["val/acc_best"] == runs["full"]["val/acc_best"]
+
+
+def test_resume_with_overrides_is_refused_and_leaves_the_run_as_it_was(runs):
+    result = runs["overrides"]
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "trainer.max_epochs=8 optimizer.lr=0.5 would not apply" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert runs["untouched"]
