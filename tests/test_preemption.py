@@ -14,6 +14,8 @@ import shutil
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from conftest import BIN, ONE_THREAD, cli
 
 from transferlab.checkpoints import read_checkpoint
 from transferlab.metrics import COMPARED
+from transferlab.rundir import resume_command
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +37,7 @@ SAME = (*COMPARED, "test/loss", "val/acc_best", "epochs")
 def interrupt(run_dir: Path, sig: signal.Signals, cwd: Path) -> tuple[int, str, int]:
     """Start tl-train into ``run_dir``, send ``sig`` a second after its first last.ckpt appeared;
     (exit code, stderr, the epoch last.ckpt held when the signal was sent)."""
-    proc = subprocess.Popen([str(BIN / "tl-train"), *RUN, f"hydra.run.dir={run_dir}"], cwd=cwd, text=True,
+    proc = subprocess.Popen([str(BIN / "tl-train"), *RUN, f"hydra.run.dir='{run_dir}'"], cwd=cwd, text=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
                             env={**os.environ, **ONE_THREAD})
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -58,29 +61,42 @@ def interrupt(run_dir: Path, sig: signal.Signals, cwd: Path) -> tuple[int, str, 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("preemption")
-    full = cli("tl-train", *RUN, f"hydra.run.dir={root / 'uninterrupted'}", cwd=root, env=ONE_THREAD)
-    assert full.returncode == 0, full.stderr[-3000:]
-    out = {"root": root, "full": json.loads((root / "uninterrupted" / "metrics.json").read_text())}
-    for name, sig in (("sigterm", signal.SIGTERM), ("ctrl_c", signal.SIGINT)):
-        code, stderr, epoch = interrupt(root / name, sig, root)
-        out[name] = {"code": code, "stderr": stderr, "epoch": epoch,
-                     "last": read_checkpoint(root / name / "checkpoints" / "last.ckpt")}
+    dirs = {"sigterm": root / "sig term $(touch pwned)", "ctrl_c": root / "ctrl_c"}  # a name a shell would run
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two processes at a time on 2 cores
+        full = pool.submit(cli, "tl-train", *RUN, f"hydra.run.dir={root / 'uninterrupted'}", cwd=root, env=ONE_THREAD)
+        stopped = {name: pool.submit(interrupt, dirs[name], sig, root)
+                   for name, sig in (("sigterm", signal.SIGTERM), ("ctrl_c", signal.SIGINT))}
+        assert full.result().returncode == 0, full.result().stderr[-3000:]
+        out = {"root": root, "dirs": dirs, "full": json.loads((root / "uninterrupted" / "metrics.json").read_text())}
+        for name, future in stopped.items():
+            code, stderr, epoch = future.result()
+            out[name] = {"code": code, "stderr": stderr, "epoch": epoch,
+                         "last": read_checkpoint(dirs[name] / "checkpoints" / "last.ckpt")}
     # resume= with overrides is refused before anything is written into the run
-    before = sorted((p, p.stat().st_mtime_ns) for p in (root / "sigterm").rglob("*"))
-    out["overrides"] = cli("tl-train", f"resume={root / 'sigterm'}", "trainer.max_epochs=8", "optimizer.lr=0.5",
+    before = sorted((p, p.stat().st_mtime_ns) for p in dirs["sigterm"].rglob("*"))
+    out["overrides"] = cli("tl-train", f"resume='{dirs['sigterm']}'", "trainer.max_epochs=8", "optimizer.lr=0.5",
                            cwd=root, env=ONE_THREAD)
-    out["untouched"] = before == sorted((p, p.stat().st_mtime_ns) for p in (root / "sigterm").rglob("*"))
-    out["sigterm"]["resumed"] = cli("tl-train", f"resume={root / 'sigterm'}", cwd=root, env=ONE_THREAD)
+    out["untouched"] = before == sorted((p, p.stat().st_mtime_ns) for p in dirs["sigterm"].rglob("*"))
     # Ctrl-C, then the run directory is moved before resuming
-    shutil.move(root / "ctrl_c", root / "ctrl_c_moved")
-    out["ctrl_c"]["resumed"] = cli("tl-train", f"resume={root / 'ctrl_c_moved'}", cwd=root, env=ONE_THREAD)
+    dirs["moved"] = root / "ctrl_c_moved"
+    shutil.move(dirs["ctrl_c"], dirs["moved"])
+    # the SIGTERM run resumes with the very line it printed, pasted into a shell
+    hint = next(line for line in out["sigterm"]["stderr"].splitlines() if line.startswith("resume with: "))
+    out["hint"] = hint.removeprefix("resume with: ")
+    paste = partial(subprocess.run, ["bash", "-c", out["hint"]], cwd=root, capture_output=True, text=True,
+                    timeout=600, env={**os.environ, **ONE_THREAD, "PATH": f"{BIN}:{os.environ['PATH']}"})
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        resumed = {"sigterm": pool.submit(paste),
+                   "ctrl_c": pool.submit(cli, "tl-train", f"resume={dirs['moved']}", cwd=root, env=ONE_THREAD)}
+        for name, future in resumed.items():
+            out[name]["resumed"] = future.result()
     return out
 
 
 def test_sigterm_exits_143_with_a_quoted_resume_hint_and_no_mid_epoch_checkpoint(runs):
     run = runs["sigterm"]
     assert run["code"] == 143, run["stderr"][-2000:]
-    assert f"resume with: tl-train resume={runs['root'] / 'sigterm'}" in run["stderr"]
+    assert runs["hint"] == resume_command(runs["dirs"]["sigterm"]) and "'" in runs["hint"]  # quoted twice
     # last.ckpt is still an epoch's end: no batch of a later epoch counted in it
     assert run["last"]["epoch"] >= run["epoch"]
     assert run["last"]["global_step"] == (run["last"]["epoch"] + 1) * 50  # 5 classes x 50 images / batches of 5
@@ -90,7 +106,8 @@ def test_resume_after_sigterm_mid_training_ends_with_the_uninterrupted_runs_metr
     resumed = runs["sigterm"]["resumed"]
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert runs["sigterm"]["last"]["epoch"] < 5, "the signal came after training ended; nothing was resumed"
-    metrics = json.loads((runs["root"] / "sigterm" / "metrics.json").read_text())
+    assert not (runs["root"] / "pwned").exists()  # the pasted hint ran nothing but tl-train
+    metrics = json.loads((runs["dirs"]["sigterm"] / "metrics.json").read_text())
     for key in SAME:
         assert metrics[key] == runs["full"][key], (key, metrics[key], runs["full"][key])
 
@@ -99,13 +116,13 @@ def test_resume_after_ctrl_c_ends_with_the_uninterrupted_runs_metrics(runs):
     run = runs["ctrl_c"]
     assert run["code"] != 0 and "resume with: tl-train resume=" in run["stderr"], run["stderr"][-2000:]
     assert run["resumed"].returncode == 0, run["resumed"].stderr[-3000:]
-    metrics = json.loads((runs["root"] / "ctrl_c_moved" / "metrics.json").read_text())
+    metrics = json.loads((runs["dirs"]["moved"] / "metrics.json").read_text())
     for key in SAME:
         assert metrics[key] == runs["full"][key], (key, metrics[key], runs["full"][key])
 
 
 def test_a_moved_run_resumes_with_its_best_checkpoint_and_score(runs):
-    moved = runs["root"] / "ctrl_c_moved"
+    moved = runs["dirs"]["moved"]
     metrics = json.loads((moved / "metrics.json").read_text())
     assert metrics["best_checkpoint"] == str(moved / "checkpoints" / "best.ckpt")
     assert sorted(p.name for p in (moved / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]

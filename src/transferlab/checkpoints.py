@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from transferlab import metrics
 from transferlab.errors import CheckpointError
+from transferlab.rundir import resume_command
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class CheckpointOnInterrupt(Callback):
         where = f"interrupted in epoch {trainer.current_epoch} (step {trainer.global_step})"
         if last.is_file():
             print(f"{where}; {last} holds the end of the last finished epoch, and resuming repeats the interrupted "
-                  f"one exactly\nresume with: tl-train resume={shlex.quote(str(self.run_dir))}",
+                  f"one exactly\nresume with: {resume_command(self.run_dir)}",
                   file=sys.stderr, flush=True)
         else:
             print(f"{where}, before any epoch finished: there is nothing to resume; start the run again",

@@ -15,6 +15,7 @@ before torch is loaded.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from pathlib import Path
 
@@ -60,6 +61,15 @@ def _run_dir(resume, new: str) -> str:
 OmegaConf.register_new_resolver("tl.run_dir", _run_dir, replace=True, use_cache=True)
 
 
+def resume_command(run_dir) -> str:
+    """``tl-train resume=RUN_DIR`` as a line to paste into a shell: quoted for Hydra's override grammar
+    (a path with spaces or parentheses) and then for the shell (a name with ``$(...)`` runs nothing)."""
+    value = str(run_dir)
+    if not re.fullmatch(r"[\w./+-]+", value):
+        value = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return "tl-train " + shlex.quote(f"resume={value}")
+
+
 def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
@@ -72,7 +82,7 @@ def check_unused(run_dir: Path) -> None:
                           f"Choose a new directory (hydra.run.dir=..., or leave it out for a fresh timestamped one)")
     if (run_dir / "config.yaml").is_file() or (run_dir / "checkpoints").is_dir():
         raise ConfigError(f"'{run_dir}' already holds an unfinished run; continue it with "
-                          f"tl-train resume={shlex.quote(str(run_dir))}, or choose a new directory (hydra.run.dir=...)")
+                          f"{resume_command(run_dir)}, or choose a new directory (hydra.run.dir=...)")
 
 
 def check_writable(run_dir: Path) -> None:

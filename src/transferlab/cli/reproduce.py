@@ -39,12 +39,13 @@ def _check_version(run_dir: Path, allow: bool) -> None:
 def reproduce(run_dir: Path, out: Path | None, allow_version_change: bool, tolerance: float | None):
     from transferlab import run
     from transferlab.config import load_run_config
+    from transferlab.rundir import resume_command
 
     cfg = load_run_config(run_dir)
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.is_file():
         raise ConfigError(f"'{run_dir}' has no metrics.json: it never finished, so there is nothing to compare "
-                          f"(resume it with tl-train resume={run_dir})")
+                          f"(resume it with {resume_command(run_dir)})")
     old = _read_json(metrics_file)
     _check_version(run_dir, allow_version_change)
     out = out or run_dir.parent / f"{run_dir.name}-reproduced-{time.strftime('%Y%m%d-%H%M%S')}"
