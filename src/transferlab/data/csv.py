@@ -99,7 +99,8 @@ def create(cfg):
     if absent:
         raise DataError(f"{len(absent)} image(s) listed in '{manifest}' do not exist, e.g. '{absent[0]}'")
     classes = {c: sorted({r[c] for r in rows}) for c in label_columns}
-    targets = {c: [classes[c].index(r[c]) for r in rows] for c in label_columns}
+    index = {c: {name: i for i, name in enumerate(names)} for c, names in classes.items()}
+    targets = {c: [index[c][r[c]] for r in rows] for c in label_columns}
     ds = Files(paths, targets, classes)
     if split_columns:
         split = np.array([r[cfg.split_column] for r in rows])
