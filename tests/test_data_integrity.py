@@ -50,7 +50,7 @@ def assert_every_image_once_and_no_batch_of_one(batches, images: int):
 # --- item 8: a last training batch of one image ---------------------------------------------------
 
 def test_the_default_experiment_trains_when_the_last_batch_would_hold_one_image(tmp_path):
-    """25 few-shot images in batches of 4: 4+4+4+4+4+5, not a sixth... seventh batch of one."""
+    """25 few-shot images in batches of 4: 4+4+4+4+4+5, the last image joins the sixth batch (was a seventh)."""
     result = cli("tl-train", *T, "data.batch_size=4", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
                  env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -96,7 +96,8 @@ def test_cached_features_and_cycling_tasks_never_train_on_one_image(tmp_path):
     """A linear probe on cached features (a head's BatchNorm would see them), and a second task of 5
     images that cycles while the 25 of the main task make the epoch, batches of 4 each."""
     datamodule = build(tmp_path, "data.batch_size=4", "strategy=linear_probe", "data.augment.enabled=false",
-                       "paths.feature_cache=null", "+tasks.few={label: label, num_classes: 5, data: {train_per_class: 1}}",
+                       "paths.feature_cache=null",
+                       "+tasks.few={label: label, num_classes: 5, data: {train_per_class: 1}}",
                        ).datamodule
     seen = {"data": 0, "data:few": 0}
     for batch, _, _ in datamodule.train_dataloader():
@@ -116,8 +117,8 @@ def test_ddp_trains_with_a_lone_last_image_per_rank_and_refuses_one_image_per_ra
                                clean_env(MASTER_PORT=str(free_port())))], tmp_path)
     assert rc == 0, output[-3000:]
     assert (tmp_path / "run" / "metrics.json").is_file()
-    ((rc, output),) = launch([([*ddp, "data.classes=[5,6]", "data.train_per_class=1", f"hydra.run.dir={tmp_path / 'tiny'}"],
-                               clean_env(MASTER_PORT=str(free_port())))], tmp_path)
+    tiny = [*ddp, "data.classes=[5,6]", "data.train_per_class=1", f"hydra.run.dir={tmp_path / 'tiny'}"]
+    ((rc, output),) = launch([(tiny, clean_env(MASTER_PORT=str(free_port())))], tmp_path)
     assert rc != 0
     assert "error: the train split of data 'digits5-9_1shot' holds 2 image(s) for 2 device(s)" in output
     assert not (tmp_path / "tiny" / "metrics.json").exists()
@@ -233,7 +234,8 @@ def test_a_csv_manifest_with_a_byte_order_mark_reads_like_one_without(tmp_path):
     pytest.param([*GOOD[:5], ["img/5.png", "green", "train", "x"], *GOOD[6:]], {},
                  r"more cells than header columns on line\(s\) 7; quote values", id="long-row"),
     pytest.param([*GOOD, ["img/3.png", "red", "train"]], {},
-                 r"lists image '.*img/3.png' on lines 5 and 14 with different label, split", id="conflicting-duplicate"),
+                 r"lists image '.*img/3.png' on lines 5 and 14 with different label, split",
+                 id="conflicting-duplicate"),
     pytest.param([*GOOD[:11], ["img/11.png", "caf\u00e9", "test"]], {"encoding": "latin-1"},
                  r"is not UTF-8 text \(byte 0xe9 on line 13\); save it as UTF-8", id="latin-1"),
 ])

@@ -144,15 +144,16 @@ class TransferDataModule(LightningDataModule):
         devices = self.trainer.world_size if self.trainer is not None else 1
         if -(-images // devices) < 2:
             data = self.streams[stream]["cfg"]
-            raise DataError(f"the train split of data '{data.get('name', data.kind)}' holds {images} image(s) for {devices} device(s); "
-                            f"training needs at least 2 per device (BatchNorm cannot normalise a batch of one): "
-                            f"add training images (data.train_per_class, data.classes) or use fewer devices")
+            raise DataError(f"the train split of data '{data.get('name', data.kind)}' holds {images} image(s) for "
+                            f"{devices} device(s); training needs at least 2 per device (BatchNorm cannot "
+                            f"normalise a batch of one): add training images (data.train_per_class, data.classes) "
+                            f"or use fewer devices")
 
     def plain_loader(self, stream: str, split: str) -> DataLoader:
         """``split`` of ``stream`` under the evaluation transform, in order: the same batches every time
         (e.g. to recompute BatchNorm statistics of fused weights on training images)."""
         dataset = Transformed(self.streams[stream]["splits"][split], self.transform(self.streams[stream]["cfg"], False))
-        batches = NoLoneBatches(SequentialSampler(dataset), self.loader_cfg.batch_size, False)  # BatchNorm trains on them
+        batches = NoLoneBatches(SequentialSampler(dataset), self.loader_cfg.batch_size, False)  # BatchNorm trains
         return DataLoader(dataset, batch_sampler=batches, num_workers=self.loader_cfg.num_workers)
 
     def train_dataloader(self):
