@@ -43,6 +43,8 @@ SCHEMA = {
     "data.batch_size": (_positive_int, "a positive integer"),
     "data.num_workers": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     "data.train_per_class": (lambda v: v is None or _positive_int(v), "null or a positive integer"),
+    "data.classes": (lambda v: v is None or (OmegaConf.is_list(v) and len({str(c) for c in v}) == len(v) > 0),
+                     "null or a non-empty list of distinct classes"),
     "data.input_size": (lambda v: v is None or _positive_int(v), "null or a positive integer (pixels)"),
     "data.val_fraction": (_fraction, "a number in [0, 1)"),
     "data.test_fraction": (_fraction, "a number in [0, 1)"),

@@ -138,6 +138,10 @@ def select_classes(ds: LabeledImages, column: str, classes: list) -> LabeledImag
     """Keep only some classes of one column and renumber them 0..k-1 in the given order."""
     names = ds.classes[column]
     wanted = [str(c) for c in classes]
+    repeated = sorted({c for c in wanted if wanted.count(c) > 1})
+    if repeated:  # a repeated class would get a second head output that no image is labelled with
+        raise DataError(f"data.classes={classes} lists {', '.join(map(repr, repeated))} more than once; "
+                        f"name each class once")
     unknown = [c for c in wanted if c not in names]
     if unknown:
         raise DataError(f"data.classes has {unknown}, not classes of column '{column}'; valid: {', '.join(names)}")

@@ -6,6 +6,9 @@ features). Training batches are a dict ``{stream: batch}`` drawn by Lightning's 
 its mode defines an epoch: ``max_size_cycle`` (default) is one pass over the largest stream while
 smaller ones cycle, ``min_size`` stops with the smallest, ``sequential`` runs streams one after
 another. Validation and test iterate every stream once, in task order.
+
+No training batch holds a single image: BatchNorm cannot normalise one sample per channel, so a
+last batch of one joins the batch before it (``NoLoneBatches``), per stream and per rank.
 """
 from __future__ import annotations
 
@@ -16,11 +19,11 @@ import torch
 from omegaconf import OmegaConf
 from pytorch_lightning import LightningDataModule
 from pytorch_lightning.utilities import CombinedLoader
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from transferlab.data import create_splits
 from transferlab.data.features import FeatureSet, as_batch, backbone_digest, cached_features
-from transferlab.errors import ConfigError
+from transferlab.errors import ConfigError, DataError
 
 
 class Transformed(Dataset):
@@ -33,6 +36,32 @@ class Transformed(Dataset):
     def __getitem__(self, i):
         raw, labels = self.base[i]
         return self.transform(raw), labels
+
+
+class NoLoneBatches(BatchSampler):
+    """Batches of ``batch_size`` where a last batch of one image joins the one before (a batch of
+    ``batch_size + 1``): every image is still seen once per epoch, and BatchNorm in training mode
+    never gets one value per channel. Lightning re-creates it around its DistributedSampler (same
+    signature as ``BatchSampler``), so each rank's share is merged alike; every rank has the same
+    share size, hence the same number of batches."""
+
+    def _merges(self) -> bool:
+        n = len(self.sampler)
+        return self.batch_size > 1 and not self.drop_last and n > 1 and n % self.batch_size == 1
+
+    def __len__(self) -> int:
+        return super().__len__() - self._merges()
+
+    def __iter__(self):
+        held = None
+        for batch in super().__iter__():
+            if held is not None and len(batch) == 1 and self.batch_size > 1:
+                batch = held + batch  # the last batch: a lone image
+            elif held is not None:
+                yield held
+            held = batch
+        if held is not None:
+            yield held
 
 
 def create_streams(data_cfg, specs: dict[str, dict]) -> dict[str, dict]:
@@ -51,7 +80,19 @@ def create_streams(data_cfg, specs: dict[str, dict]) -> dict[str, dict]:
         if spec["label"] not in train.classes:
             raise ConfigError(f"task '{name}' reads label column '{spec['label']}', which data "
                               f"'{data_cfg.get('name', data_cfg.kind)}' does not have; columns: {', '.join(train.classes)}")
+        check_train_classes(streams[stream]["cfg"], train, spec["label"])
     return streams
+
+
+def check_train_classes(cfg, train, column: str) -> None:
+    """Every class of ``column`` has training images: a class seen only in val/test gets a head output
+    that never trains and scores 0 (an explicit split column or a tiny class can cause it)."""
+    names = train.classes[column]
+    absent = [names[c] for c in sorted(set(range(len(names))) - set(train.labels(column).tolist()))]
+    if absent:
+        raise DataError(f"class(es) {', '.join(map(repr, absent))} of label column '{column}' have no images in the "
+                        f"train split of data '{cfg.get('name', cfg.kind)}' (only in val/test); give them training "
+                        f"images or leave them out with data.classes")
 
 
 class TransferDataModule(LightningDataModule):
@@ -91,15 +132,29 @@ class TransferDataModule(LightningDataModule):
                     digest=self._digest, cache_dir=self.feature_cache and Path(self.feature_cache),
                     precision=self.precision)
             workers, pin, collate = 0, False, as_batch  # features are already tensors in memory
-        return DataLoader(dataset, batch_size=c.batch_size, shuffle=split == "train", collate_fn=collate,
-                          num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
-                          drop_last=False)
+        if split != "train":  # evaluation sees every image, in order, in batches of any size
+            return DataLoader(dataset, batch_size=c.batch_size, collate_fn=collate, num_workers=workers,
+                              pin_memory=pin, persistent_workers=workers > 0)
+        self._check_train_size(stream, len(dataset))
+        return DataLoader(dataset, batch_sampler=NoLoneBatches(RandomSampler(dataset), c.batch_size, False),
+                          collate_fn=collate, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+
+    def _check_train_size(self, stream: str, images: int) -> None:
+        """One image per device would be a batch of one that no merging can avoid."""
+        devices = self.trainer.world_size if self.trainer is not None else 1
+        if -(-images // devices) < 2:
+            data = self.streams[stream]["cfg"]
+            raise DataError(f"the train split of data '{data.get('name', data.kind)}' holds {images} image(s) for "
+                            f"{devices} device(s); training needs at least 2 per device (BatchNorm cannot "
+                            f"normalise a batch of one): add training images (data.train_per_class, data.classes) "
+                            f"or use fewer devices")
 
     def plain_loader(self, stream: str, split: str) -> DataLoader:
         """``split`` of ``stream`` under the evaluation transform, in order: the same batches every time
         (e.g. to recompute BatchNorm statistics of fused weights on training images)."""
         dataset = Transformed(self.streams[stream]["splits"][split], self.transform(self.streams[stream]["cfg"], False))
-        return DataLoader(dataset, batch_size=self.loader_cfg.batch_size, num_workers=self.loader_cfg.num_workers)
+        batches = NoLoneBatches(SequentialSampler(dataset), self.loader_cfg.batch_size, False)  # BatchNorm trains
+        return DataLoader(dataset, batch_sampler=batches, num_workers=self.loader_cfg.num_workers)
 
     def train_dataloader(self):
         return CombinedLoader({name: self._loader(name, "train") for name in self.streams}, mode=self.mode)

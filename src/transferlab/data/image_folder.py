@@ -4,12 +4,26 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageOps
 
 from transferlab.data.base import KINDS, SPLITS, LabeledImages, digest, split_three_ways
 from transferlab.errors import DataError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # how PIL opens 16-bit greyscale PNG, TIFF and PGM
+DECODING = "exif-orientation,16-bit-scaled"  # in the feature-cache key: a change here changes every image
+
+
+def decode(img: Image.Image) -> Image.Image:
+    """The RGB picture a viewer shows: EXIF orientation applied (cameras store a portrait photo
+    sideways plus a tag), 16-bit greyscale scaled by 255/65535 (``convert("RGB")`` would clip every
+    value above 255 to white)."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in WIDE_GREY:
+        grey = np.clip(np.asarray(img, dtype=np.float64) / 257.0, 0, 255).round().astype(np.uint8)
+        img = Image.fromarray(grey, mode="L")
+    return img.convert("RGB")
 
 
 class Files(LabeledImages):
@@ -21,18 +35,22 @@ class Files(LabeledImages):
 
     def load(self, i: int) -> Image.Image:
         with Image.open(self.paths[i]) as img:
-            return img.convert("RGB")
+            return decode(img)
 
     def describe(self, i: int) -> str:
         return f"'{self.paths[i]}'"
 
     def content_key(self) -> str | None:
-        """Each file's path, size and modification time: an edited or replaced image changes the key."""
+        """Each file's path, size, modification and status-change time, and how files are decoded: an
+        edited or replaced image changes the key, even one edited in place with its size and
+        modification time kept (``exiftool -P`` turning a photo; the status-change time cannot be set
+        back), and so does a new way of decoding (features extracted before EXIF or 16-bit support)."""
         try:
-            stats = [(self.paths[i], (s := os.stat(self.paths[i])).st_size, s.st_mtime_ns) for i in self.indices]
+            stats = [(self.paths[i], (s := os.stat(self.paths[i])).st_size, s.st_mtime_ns, s.st_ctime_ns)
+                     for i in self.indices]
         except OSError:
             return None
-        return digest(repr(stats).encode())
+        return digest(DECODING.encode(), repr(stats).encode())
 
 
 def scan(folder: Path, classes: list[str] | None = None) -> Files:
