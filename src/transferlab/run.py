@@ -31,7 +31,7 @@ from transferlab.models import create_model
 from transferlab.module import TransferModule
 from transferlab.optim import create_optimizer, create_scheduler
 from transferlab.plan import resolve
-from transferlab.rundir import check_unused
+from transferlab.rundir import check_unused, is_rank_zero
 from transferlab.strategies import Strategy, create_strategy
 from transferlab.tasks import create_loss_weighting, create_tasks, stream_of, task_specs
 
@@ -127,7 +127,7 @@ def train(cfg, callbacks: tuple[Callback, ...] = (), overrides: dict | None = No
     """
     plan = resolve(cfg, overrides, train_source=train)
     run_dir = Path(plan.paths.run_dir)
-    if not plan.get("resume"):
+    if not plan.get("resume") and is_rank_zero():  # other ranks join rank 0's directory
         check_unused(run_dir)
     pl.seed_everything(plan.seed, workers=True)
     module, datamodule, strategy, eval_sets = build(plan)

@@ -77,10 +77,15 @@ def _key(override: str) -> str:
 def check_unused(run_dir: Path) -> None:
     """A new run never writes into a directory holding another run, finished or not."""
     run_dir = Path(run_dir)
-    if (run_dir / "metrics.json").is_file():
+    try:
+        finished = (run_dir / "metrics.json").is_file()
+        started = (run_dir / "config.yaml").is_file() or (run_dir / "checkpoints").is_dir()
+    except OSError:  # a name too long, a folder we may not read: check_writable says which
+        return
+    if finished:
         raise ConfigError(f"'{run_dir}' already holds a finished run (metrics.json); a new run never replaces it. "
                           f"Choose a new directory (hydra.run.dir=..., or leave it out for a fresh timestamped one)")
-    if (run_dir / "config.yaml").is_file() or (run_dir / "checkpoints").is_dir():
+    if started:
         raise ConfigError(f"'{run_dir}' already holds an unfinished run; continue it with "
                           f"{resume_command(run_dir)}, or choose a new directory (hydra.run.dir=...)")
 
@@ -97,7 +102,8 @@ def check_writable(run_dir: Path) -> None:
                           f"too long)") from None
 
 
-def _rank_zero() -> bool:
+def is_rank_zero() -> bool:
+    """Before the Trainer settles ranks: the process a user started, not one a DDP launcher started for it."""
     return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
 
 
@@ -116,28 +122,32 @@ class RunDirectory(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         """Hydra turns a callback's exception into a warning and goes on; a refusal here exits instead."""
         from transferlab.cli import user_errors
+        from transferlab.config import load_run_config
 
         with user_errors():
             redact.remember(list(config.hydra.overrides.task))
+            if not is_rank_zero():  # Lightning's DDP ranks re-run the command into rank 0's directory
+                return
             run_dir = Path(str(config.hydra.run.dir))
             resume = OmegaConf.select(config, "resume", default=None)
             if resume:
+                load_run_config(resume)  # not a run, or a config that names code: say so first
                 extra = [o for o in config.hydra.overrides.task if _key(o) not in RESUME_MAY_CHANGE]
                 if extra:
                     raise ConfigError(f"resume={resume} continues the run with its own saved config, so "
                                       f"{' '.join(extra)} would not apply; resume without "
                                       f"{'it' if len(extra) == 1 else 'them'}, or start a new run with "
                                       f"{'it' if len(extra) == 1 else 'them'}")
+            else:
+                check_unused(run_dir)  # before probing: a refused directory is left exactly as it was
             check_writable(run_dir)
-            if not resume:
-                check_unused(run_dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         redact.remember(list(config.hydra.overrides.task))
 
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
         redact.remember(list(config.hydra.overrides.task))
-        if OmegaConf.select(config, "resume", default=None) or not _rank_zero():
+        if OmegaConf.select(config, "resume", default=None) or not is_rank_zero():
             return
         folder = Path(config.hydra.runtime.output_dir) / self.record
         task = {k: v for k, v in OmegaConf.to_container(config, resolve=False).items() if k != "hydra"}
