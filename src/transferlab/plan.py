@@ -187,6 +187,7 @@ def _resumed(run_dir) -> DictConfig:
         raise ConfigError(f"'{run_dir}' already finished (metrics.json exists); nothing to resume")
     set_value(cfg, "ckpt_path", str(last))
     set_value(cfg, "paths.run_dir", str(Path(run_dir).resolve()))
+    set_value(cfg, "optuna_trial", None)  # its sweep closed the trial it was; it no longer reports there
     return cfg
 
 
