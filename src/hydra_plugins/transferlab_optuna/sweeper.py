@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import sys
 import threading
 import time
 import warnings
@@ -21,7 +22,6 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Transformer
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus
-from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,8 +31,8 @@ RESULTS = "optimization_results.yaml"  # in the sweep directory, read by the rep
 HISTORY = "optimization_history.png"
 
 
-class SweepError(CompactHydraException):
-    """Hydra prints it as the message alone: one ``error: ...`` paragraph, exit status 1."""
+class SweepError(Exception):
+    """What the user must change or know: printed as one ``error: ...`` paragraph, exit status 1."""
 
 
 def _distribution(override):
@@ -165,22 +165,30 @@ class OptunaSweeper(Sweeper):
                                                                 task_function=task_function)
 
     def sweep(self, arguments: list[str]) -> None:
+        try:
+            self._sweep(arguments)
+        except SweepError as e:
+            print(e, file=sys.stderr)
+            sys.exit(1)
+
+    def _sweep(self, arguments: list[str]) -> None:
         import optuna
 
         from transferlab import studies
         from transferlab.errors import ConfigError
 
         self._check()
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        url = studies.absolute(self.storage or f"sqlite:///{sweep_dir / 'optuna.db'}")
-        if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         space, fixed = search_space(self.params, arguments)
         sampler = self.sampler(search_space=_grid(space)) if isinstance(self.sampler, functools.partial) else self.sampler
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        url = studies.absolute(self.storage or f"sqlite:///{sweep_dir / 'optuna.db'}")
         try:
             studies.create_pruner(self.pruner)  # a bad name or argument: an error now, not in every trial
-            storage = studies.open_storage(url, self.heartbeat_interval, self.grace_period)
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            if url.startswith("sqlite:///"):
+                Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            with _quiet():
+                storage = studies.open_storage(url, self.heartbeat_interval, self.grace_period)
         except ConfigError as e:
             raise SweepError(f"error: {e}") from None
         name = self.study_name or sweep_dir.name
@@ -231,6 +239,9 @@ class OptunaSweeper(Sweeper):
                 continue
             with _quiet():
                 asked = [study.ask() for _ in range(batch)]
+            asked = self._within_budget(study, asked)
+            if not asked:
+                continue
             if first and asked[0].number > 0 and not isinstance(study.sampler, optuna.samplers.GridSampler):
                 study.sampler.reseed_rng()  # a resumed or shared study: never re-propose the seed's first trials
             first = False
@@ -244,6 +255,22 @@ class OptunaSweeper(Sweeper):
                 raise
             for trial, ret in zip(asked, returns):
                 self._tell(study, trial, ret)
+
+    def _within_budget(self, study, asked: list) -> list:
+        """Sweepers that ask at the same moment could overshoot ``n_trials``: the lowest-numbered trials
+        keep the budget (every sweeper sees the same numbers); the others end unrun, as FAIL without an
+        error, which does not count."""
+        import optuna
+
+        from transferlab import studies
+
+        running = optuna.trial.TrialState.RUNNING
+        live = sorted(t.number for t in study.get_trials(deepcopy=False) if studies.counted(t) or t.state == running)
+        kept = set(live[:self.n_trials])
+        for trial in asked:
+            if trial.number not in kept:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        return [t for t in asked if t.number in kept]
 
     def _overrides(self, trial, space: dict, fixed: dict, url: str) -> list[str]:
         for name, distribution in space.items():
@@ -321,10 +348,10 @@ def _failure(ret) -> str | None:
     """A tl-train job that failed returns nothing and leaves failed.json with the reason."""
     import json
 
-    run_dir = OmegaConf.select(ret.cfg, "paths.run_dir", default=None) if ret.cfg is not None else None
     try:
-        return json.loads((Path(str(run_dir)) / "failed.json").read_text())["error"]
-    except (OSError, ValueError, KeyError, TypeError):
+        run_dir = Path(ret.hydra_cfg.hydra.runtime.output_dir)  # the job's directory, as paths.run_dir
+        return json.loads((run_dir / "failed.json").read_text())["error"]
+    except Exception:  # noqa: BLE001 - no reason recorded: the caller says what the job returned
         return None
 
 
