@@ -130,11 +130,18 @@ def test_every_option_composes(root, group, option, path):
 
 
 def test_plugins_are_applied():
-    """hparams_search=optuna and hydra/launcher=slurm need hydra-optuna-sweeper and
-    hydra-submitit-launcher (extra `sweep`); composing them must pick those plugins."""
+    """hparams_search=optuna picks transferlab's Optuna sweeper (src/hydra_plugins, found by Hydra's
+    plugin scan) with every sampler and pruner; hydra/launcher=slurm needs hydra-submitit-launcher
+    (extra `sweep`)."""
     cfg = _compose("train", ["hparams_search=optuna"])
-    assert "optuna" in cfg.hydra.sweeper._target_.lower() and cfg.hydra.mode == RunMode.MULTIRUN
-    assert "optimizer.lr" in cfg.hydra.sweeper.params
+    assert cfg.hydra.sweeper._target_ == "hydra_plugins.transferlab_optuna.sweeper.OptunaSweeper"
+    assert cfg.hydra.mode == RunMode.MULTIRUN and "optimizer.lr" in cfg.hydra.sweeper.params
+    for sampler in ("tpe", "random", "grid", "cmaes", "qmc", "gp", "nsgaii"):
+        cfg = _compose("train", ["hparams_search=optuna", f"hydra/sweeper/sampler={sampler}"])
+        assert cfg.hydra.sweeper.sampler._target_.startswith("optuna.samplers.")
+    for pruner in ("median", "hyperband", "successive_halving"):
+        cfg = _compose("train", ["hparams_search=optuna", f"hydra.sweeper.pruner={pruner}"])
+        assert cfg.hydra.sweeper.pruner == pruner and cfg.hydra.sweeper.pruners[pruner]
     cfg = _compose("train", ["hydra/launcher=slurm"])
     assert "submitit" in cfg.hydra.launcher._target_.lower()
     assert cfg.hydra.launcher.timeout_min == 240

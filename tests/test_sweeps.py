@@ -11,6 +11,7 @@ import json
 import os
 import re
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -185,70 +186,250 @@ def test_failed_job_wandb_run_is_closed_as_failed_and_the_next_job_has_its_own(f
 
 
 # ---------------------------------------------------------------------------------------------------
-# Optuna: hparams_search=optuna
+# Optuna: hparams_search=optuna (transferlab's sweeper, src/hydra_plugins/transferlab_optuna)
 # ---------------------------------------------------------------------------------------------------
 
 OPTUNA_YAML = REPO / "conf" / "hparams_search" / "optuna.yaml"
+QUICK_TRIALS = ["hydra/sweeper/sampler=random", "optimizer.weight_decay=0.01"]  # trials drawn from the seed alone
+
+
+def optuna_search(tmp_path: Path, *overrides, wait: bool = True):
+    """``tl-train hparams_search=optuna`` with the fast settings, as a user runs it (``wait=False``: the
+    running process, in a session of its own so that a test can kill it)."""
+    args = [*FAST, "hparams_search=optuna", f"paths.output_dir={tmp_path}", *overrides]
+    if wait:
+        return cli("tl-train", *args, cwd=tmp_path, env=ONE_THREAD)
+    return subprocess.Popen([str(BIN / "tl-train"), *args], cwd=tmp_path, env={**os.environ, **ONE_THREAD},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def study_trials(url: str, name: str) -> list:
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+
+
+def by_state(trials) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for t in trials:
+        out.setdefault(t.state.name, []).append(t)
+    return out
+
+
+def trial_dirs(root: Path) -> dict[int, list[Path]]:
+    """Run directories of Optuna trials under ``root``: trial number -> directories (one, unless re-run)."""
+    out: dict[int, list[Path]] = {}
+    for config in root.rglob("config.yaml"):
+        trial = (yaml.safe_load(config.read_text()) or {}).get("optuna_trial")
+        if trial and config.parent.name not in (".hydra", "files"):  # Hydra's and W&B's copies
+            out.setdefault(trial["number"], []).append(config.parent)
+    return out
+
+
+def epochs_trained(run_dir: Path) -> int:
+    """Validation epochs in the run's CSV log (counted, not timed)."""
+    from transferlab.report.collect import read_history
+
+    return len(read_history(run_dir))
 
 
 def test_optuna_config_composes_and_maximises_the_objective():
     cfg = hydra_compose("hparams_search=optuna")
     sweeper = cfg.hydra.sweeper
-    assert sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    assert sweeper._target_ == "hydra_plugins.transferlab_optuna.sweeper.OptunaSweeper"
     assert sweeper.direction == "maximize" and cfg.objective == "val/acc_best"
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"  # no -m needed
-    assert 1 <= sweeper.n_trials <= 20
-    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler"
+    assert 1 <= sweeper.n_trials <= 20 and sweeper.storage is None and sweeper.pruner is None
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == 42
     assert set(sweeper.params) == {"optimizer.lr", "optimizer.weight_decay"}
+    assert set(sweeper.pruners) == {"median", "hyperband", "successive_halving"}
     assert sweeper.study_name == cfg.experiment_name
     assert commented_keys(OPTUNA_YAML) == []
 
 
-def test_optuna_search_returns_the_objective_and_goes_on_after_a_failed_trial(tmp_path):
-    """The shipped search (weight decay from its interval), with lr from a choice that includes an invalid
-    value: with the shipped sampler seed (42) trials 0 and 2 draw lr=-1.0, which the config check rejects,
-    and trial 1 draws 0.001. A search that starts with a failure must run the other trials and keep the best."""
-    result = cli("tl-train", *FAST, "hparams_search=optuna", "hydra.sweeper.n_trials=3", "optimizer.lr=choice(0.001,-1.0)",
-                 f"paths.output_dir={tmp_path}", cwd=tmp_path, env=ONE_THREAD)
+def test_optuna_params_in_hydra_syntax_and_as_optuna_distributions_are_the_same_search():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from hydra_plugins.transferlab_optuna.sweeper import search_space
+
+    hydra_syntax = {"optimizer.lr": "tag(log, interval(1e-4, 3e-2))", "optimizer.weight_decay": "interval(0.0, 0.1)",
+                    "data.batch_size": "range(8, 40, 8)", "strategy": "choice(finetune, linear_probe)"}
+    optuna_form = {"optimizer.lr": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
+                   "optimizer.weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+                   "data.batch_size": {"type": "int", "low": 8, "high": 32, "step": 8},
+                   "strategy": {"type": "categorical", "choices": ["finetune", "linear_probe"]}}
+    space, fixed = search_space(hydra_syntax, ["trainer.max_epochs=3", "seed=1,2"])
+    assert space == {**search_space(optuna_form, ["seed=choice(1,2)"])[0]}
+    assert space["optimizer.lr"] == FloatDistribution(1e-4, 3e-2, log=True)
+    assert space["data.batch_size"] == IntDistribution(8, 32, step=8)  # range's stop is exclusive
+    assert space["seed"] == CategoricalDistribution([1, 2])
+    assert fixed == {"trainer.max_epochs": "trainer.max_epochs=3"}
+    # the command line wins over hydra.sweeper.params: a fixed value, or a search of its own
+    assert "optimizer.lr" not in search_space(hydra_syntax, ["optimizer.lr=0.01"])[0]
+
+
+@pytest.mark.slow
+def test_optuna_search_records_a_failed_trial_and_goes_on(tmp_path):
+    """Both syntaxes in one real search: weight decay as an Optuna distribution given on the command line,
+    lr as a Hydra choice that includes an invalid value. Failed trials are FAIL in the study (with the
+    reason), leave failed.json, and the search runs its other trials and keeps the best."""
+    result = optuna_search(tmp_path, "hydra.sweeper.n_trials=4", "hydra/sweeper/sampler=random",
+                           "optimizer.lr=choice(0.001,-1.0)",
+                           "hydra.sweeper.params={optimizer.weight_decay:{type:float,low:0.0,high:0.05}}")
     assert result.returncode == 0, result.stderr[-3000:]
     (results_file,) = tmp_path.rglob("optimization_results.yaml")
     sweep_dir = results_file.parent
-    trials = {}
-    for d in sorted(sweep_dir.glob("[0-9]*")):
-        settings = dict(o.split("=", 1) for o in yaml.safe_load((d / ".hydra/overrides.yaml").read_text()) if "=" in o)
-        lr, wd = float(settings["optimizer.lr"]), float(settings["optimizer.weight_decay"])
-        assert 0.0 <= wd <= 0.1  # the shipped interval
-        if (d / "failed.json").exists():
-            assert lr < 0 and not (d / "metrics.json").exists()
-            assert "optimizer.lr=-1.0 is not valid" in json.loads((d / "failed.json").read_text())["error"]
-            trials[d.name] = None
-        else:
-            metrics = json.loads((d / "metrics.json").read_text())
-            config = yaml.safe_load((d / "config.yaml").read_text())
-            assert lr > 0 and config["optimizer"]["lr"] == lr and config["optimizer"]["weight_decay"] == wd
-            trials[d.name] = (metrics["val/acc_best"], lr, wd)
-    assert list(trials) == ["0", "1", "2"]
-    assert trials["0"] is None and trials["1"] is not None, trials  # a failure first, then a finished trial
     results = yaml.safe_load(results_file.read_text())
-    best = max(t for t in trials.values() if t)
-    # what tl-train returned is metrics.json's val/acc_best, and Optuna kept the largest
+    trials = by_state(study_trials(results["storage"], results["study_name"]))
+    assert len(trials["COMPLETE"]) + len(trials["FAIL"]) == 4 and trials["COMPLETE"] and trials["FAIL"], trials
+    for t in trials["FAIL"]:
+        assert t.params["optimizer.lr"] == -1.0 and "optimizer.lr=-1.0 is not valid" in t.user_attrs["error"]
+        run_dir = sweep_dir / str(t.number)  # job number = trial number
+        assert not (run_dir / "metrics.json").exists()
+        assert "optimizer.lr=-1.0 is not valid" in json.loads((run_dir / "failed.json").read_text())["error"]
+    finished = {}
+    for t in trials["COMPLETE"]:
+        metrics = json.loads((sweep_dir / str(t.number) / "metrics.json").read_text())
+        config = yaml.safe_load((sweep_dir / str(t.number) / "config.yaml").read_text())
+        assert 0.0 <= t.params["optimizer.weight_decay"] <= 0.05  # the command line's distribution
+        assert config["optimizer"]["weight_decay"] == pytest.approx(t.params["optimizer.weight_decay"])
+        assert t.value == metrics["val/acc_best"]  # what tl-train returned is metrics.json's objective
+        finished[t.number] = (t.value, t.params)
+    best = max(finished.values(), key=lambda v: v[0])
     assert results["best_value"] == pytest.approx(best[0], abs=1e-12)
-    assert results["best_params"] == {"optimizer.lr": best[1], "optimizer.weight_decay": pytest.approx(best[2])}
-    n_failed = sum(t is None for t in trials.values())
-    assert f"{3 - n_failed} finished, {n_failed} failed" in (sweep_dir / "report.md").read_text()
+    assert results["best_params"]["optimizer.lr"] == best[1]["optimizer.lr"]
+    assert results["trials"] == {"complete": len(finished), "pruned": 0, "failed": len(trials["FAIL"]), "lost": 0}
+    md = (sweep_dir / "report.md").read_text()
+    assert f"{len(finished)} finished, {len(trials['FAIL'])} failed" in md
+    assert f"## Optuna study `{results['study_name']}`" in md and "Best val/acc_best" in md
+    assert (sweep_dir / "optimization_history.png").stat().st_size > 0 and "optimization_history.png" in md
+    # A trial's config.yaml names its trial; reproducing it must not report into the study again.
+    number = min(finished)
+    reported = len(study_trials(results["storage"], results["study_name"])[number].intermediate_values)
+    again = cli("tl-reproduce", str(sweep_dir / str(number)), "--out", str(tmp_path / "again"), cwd=tmp_path,
+                env=ONE_THREAD)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials_now = study_trials(results["storage"], results["study_name"])
+    assert len(trials_now) == 4 and len(trials_now[number].intermediate_values) == reported == EPOCHS
+    assert yaml.safe_load((tmp_path / "again" / "config.yaml").read_text())["optuna_trial"] is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (hydra-optuna-sweeper 1.3.0 _impl.py, sweep(): `best_trial = study.best_trial` after the last batch): "
-    "when every trial failed, Optuna raises `ValueError: No trials are completed yet.`, tl-train exits 1 with a "
-    "traceback, and Hydra never calls on_multirun_end, so no report lists the failures"))
-def test_optuna_search_where_every_trial_fails_still_reports_them(tmp_path):
-    result = cli("tl-train", *FAST, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "optimizer.lr=-1.0",
-                 f"paths.output_dir={tmp_path}", cwd=tmp_path, env=ONE_THREAD)
-    assert len(list(tmp_path.rglob("failed.json"))) == 2
+def test_optuna_search_where_every_trial_fails_reports_them_and_exits_with_an_error(tmp_path):
+    result = optuna_search(tmp_path, "hydra.sweeper.n_trials=2", "optimizer.lr=-1.0")
+    assert result.returncode != 0
+    assert len(list(tmp_path.rglob("failed.json"))) == 2 and not list(tmp_path.rglob("metrics.json"))
     assert "Traceback" not in result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "no trial completed (2 failed, 0 pruned)" in errors[0], result.stderr[-2000:]
     (report,) = tmp_path.rglob("report.md")
-    assert "0 finished, 2 failed" in report.read_text()
+    md = report.read_text()
+    assert "0 finished, 2 failed" in md and md.count("optimizer.lr=-1.0 is not valid") == 2
+    assert "best_value" not in yaml.safe_load((report.parent / "optimization_results.yaml").read_text())
+
+
+@pytest.mark.slow
+def test_median_pruning_stops_bad_trials_and_spends_fewer_epochs(tmp_path):
+    """The same 4 random trials with and without the median pruner: lr 1e-7 (useless), 0.001, 0.001, 1e-7
+    (sampler seed 42). The last is worse than the median of the complete ones and stops early."""
+    searches = {}
+    for pruner in ("null", "median"):
+        out = tmp_path / pruner
+        out.mkdir()
+        url = f"sqlite:///{out / 'study.db'}"
+        result = optuna_search(out, *QUICK_TRIALS, "hydra.sweeper.n_trials=4", "optimizer.lr=choice(0.001,1e-7)",
+                               f"hydra.sweeper.pruner={pruner}", "hydra.sweeper.pruners.median.n_startup_trials=1",
+                               "hydra.sweeper.pruners.median.n_warmup_steps=0", f"hydra.sweeper.storage={url}",
+                               "hydra.sweeper.study_name=lr")
+        assert result.returncode == 0, result.stderr[-3000:]
+        searches[pruner] = (out, by_state(study_trials(url, "lr")))
+    out, unpruned = searches["null"]
+    assert set(unpruned) == {"COMPLETE"} and len(unpruned["COMPLETE"]) == 4
+    full = sum(epochs_trained(d) for (d,) in trial_dirs(out).values())
+    assert full == 4 * EPOCHS
+    out, pruned = searches["median"]
+    assert pruned["PRUNED"], pruned
+    assert {t.params["optimizer.lr"] for t in unpruned["COMPLETE"]} == {0.001, 1e-7}
+    dirs = trial_dirs(out)
+    for t in pruned["PRUNED"]:
+        assert t.params["optimizer.lr"] == 1e-7  # only the useless learning rate
+        (run_dir,) = dirs[t.number]
+        record = json.loads((run_dir / "pruned.json").read_text())
+        assert not (run_dir / "metrics.json").exists() and not (run_dir / "failed.json").exists()
+        assert record["trial"] == t.number and record["epoch"] < EPOCHS - 1 and record["metric"] == "val/acc"
+        assert t.intermediate_values[record["epoch"]] == pytest.approx(record["value"])
+    spent = sum(epochs_trained(d) for (d,) in dirs.values())
+    assert spent < full, (spent, full)
+    (report,) = out.rglob("report.md")
+    md = report.read_text()
+    assert f"{len(pruned['PRUNED'])} pruned, 0 failed" in md and "## Pruned trials" in md
+    pruned_table = md.split("## Pruned trials")[1]
+    assert all(str(dirs[t.number][0]) in pruned_table for t in pruned["PRUNED"])
+
+
+@pytest.mark.slow
+def test_optuna_search_killed_mid_study_continues_with_the_same_command(tmp_path):
+    """SIGKILL of tl-train while its second trial trains, then the same command line: the study ends with
+    exactly n_trials complete trials, the killed one is marked failed (not counted) and nothing ran twice."""
+    import signal
+    import time
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    command = ("hydra.sweeper.n_trials=4", f"hydra.sweeper.storage={url}", "hydra.sweeper.study_name=resumable",
+               "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=4")
+    proc = optuna_search(tmp_path, *command, wait=False)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            if not (tmp_path / "study.db").exists():
+                continue
+            try:
+                states = by_state(study_trials(url, "resumable"))
+            except KeyError:  # study not created yet
+                continue
+            if states.get("COMPLETE") and states.get("RUNNING"):
+                break
+        else:
+            pytest.fail("the search never reached its second trial")
+        time.sleep(2)  # inside the trial's training
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = by_state(study_trials(url, "resumable"))
+    assert len(before.get("COMPLETE", [])) < 4 and before["RUNNING"]
+    killed = {t.number for t in before["RUNNING"]}
+    result = optuna_search(tmp_path, *command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = by_state(study_trials(url, "resumable"))
+    assert len(after["COMPLETE"]) == 4 and "RUNNING" not in after
+    assert {t.number for t in after["FAIL"]} == killed and all("error" not in t.user_attrs for t in after["FAIL"])
+    assert {t.number for t in before["COMPLETE"]} < {t.number for t in after["COMPLETE"]}  # kept, not re-run
+    params = [tuple(sorted(t.params.items())) for t in after["COMPLETE"]]
+    assert len(set(params)) == 4  # a resumed sampler does not propose the first trials again
+    dirs = trial_dirs(tmp_path / "multirun")
+    assert all(len(d) == 1 for d in dirs.values())  # every trial ran in one run directory, once
+    assert {n for n, (d,) in dirs.items() if (d / "metrics.json").is_file()} == {t.number for t in after["COMPLETE"]}
+    assert all(not (dirs[n][0] / "metrics.json").exists() for n in killed)
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_storage_share_the_trials(tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    common = ("hydra.sweeper.n_trials=6", f"hydra.sweeper.storage={url}", "hydra.sweeper.study_name=shared",
+              "hydra.sweeper.heartbeat_interval=2")
+    procs = [subprocess.Popen([str(BIN / "tl-train"), *FAST, "hparams_search=optuna", f"paths.output_dir={tmp_path}",
+                               *common, f"hydra.sweep.dir={tmp_path / name}"], cwd=tmp_path,
+                              env={**os.environ, **ONE_THREAD}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True) for name in ("a", "b")]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    trials = by_state(study_trials(url, "shared"))
+    assert set(trials) == {"COMPLETE"} and len(trials["COMPLETE"]) == 6  # n_trials is the study's total
+    ran = {name: set(trial_dirs(tmp_path / name)) for name in ("a", "b")}
+    assert ran["a"] and ran["b"] and not ran["a"] & ran["b"], ran  # both worked, never on the same trial
+    assert ran["a"] | ran["b"] == {t.number for t in trials["COMPLETE"]}
+    assert len({tuple(sorted(t.params.items())) for t in trials["COMPLETE"]}) == 6
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -59,3 +59,9 @@ def create_metrics(num_classes: int):
         "recall": MulticlassRecall(num_classes, average="macro"),
         "f1": MulticlassF1Score(num_classes, average="macro"),
     })
+
+
+def per_epoch(objective: str) -> str:
+    """What a run logs every epoch for a final ``objective``: ``val/acc`` for ``val/acc_best`` (a
+    ``<metric>_best`` is the best of ``<metric>``), else the objective itself (``val/loss``)."""
+    return objective.removesuffix("_best")

@@ -204,6 +204,7 @@ def _resumed(run_dir) -> DictConfig:
     set_value(cfg, "ckpt_path", str(last))
     set_value(cfg, "paths.run_dir", str(Path(run_dir).resolve()))
     set_value(cfg, "resume", str(Path(run_dir).resolve()))  # config.yaml then says the run was resumed
+    set_value(cfg, "optuna_trial", None)  # its sweep closed the trial it was; it no longer reports there
     return cfg
 
 

@@ -134,7 +134,8 @@ def train(cfg, callbacks: tuple[Callback, ...] = (), overrides: dict | None = No
     best, *checkpoints = create_checkpoints(run_dir)
     counter, rates = SampleCounter(), LearningRates()
     # The Trainer first: it settles this process's global rank, so only rank 0 writes files and W&B.
-    trainer = create_trainer(plan, run_dir, [strategy, best, *checkpoints, counter, rates, RandomState(), *callbacks])
+    trainer = create_trainer(plan, run_dir, [strategy, best, *checkpoints, counter, rates, RandomState(),
+                                             *_optuna_trial(plan, run_dir), *callbacks])
     config = to_plain(plan)
     if trainer.is_global_zero:
         tracking.write_yaml(run_dir / "config.yaml", config)
@@ -169,8 +170,8 @@ def _finishing(loggers):
     """Every logger's run ends, failed or not, so the next job of a sweep starts a W&B run of its own."""
     try:
         yield
-    except BaseException:
-        tracking.finish(loggers, "failed")
+    except BaseException as e:
+        tracking.finish(loggers, "success" if pruned(e) else "failed")  # pruning is how a trial ends early
         raise
     tracking.finish(loggers)
 
@@ -186,6 +187,23 @@ def test(trainer, module, datamodule, eval_sets: dict, ckpt_path: str | None = N
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()
                         if k.startswith(split + "/")})
     return metrics
+
+
+def _optuna_trial(plan, run_dir: Path) -> list[Callback]:
+    """A trial of an Optuna search (``optuna_trial``, set by the sweeper) reports every epoch to its study."""
+    if not plan.get("optuna_trial"):
+        return []
+    from transferlab.pruning import OptunaPruning
+
+    describe = {"strategy": plan.strategy.name, "model": plan.model.name, "data": plan.data.name, "seed": plan.seed}
+    return [OptunaPruning(plan.optuna_trial, plan.objective, run_dir, describe)]
+
+
+def pruned(error: BaseException) -> bool:
+    """An Optuna trial stopped by its pruner: the sweeper records it as pruned, not failed."""
+    from optuna import TrialPruned
+
+    return isinstance(error, TrialPruned)
 
 
 def record_failure(cfg, error: BaseException) -> None:

@@ -50,7 +50,9 @@ def reproduce(run_dir: Path, out: Path | None, allow_version_change: bool, toler
     _check_version(run_dir, allow_version_change)
     out = out or run_dir.parent / f"{run_dir.name}-reproduced-{time.strftime('%Y%m%d-%H%M%S')}"
     # Everything is computed again: no features from the shared cache either.
-    overrides = {"paths.run_dir": str(out), "ckpt_path": None, "resume": None, "paths.feature_cache": None}
+    # Not an Optuna trial again: the study has its result already.
+    overrides = {"paths.run_dir": str(out), "ckpt_path": None, "resume": None, "paths.feature_cache": None,
+                 "optuna_trial": None}
     if cfg.model.get("checkpoint") and not Path(cfg.model.checkpoint).is_file() and cfg.source.get("overrides"):
         overrides["model.checkpoint"] = None  # the cached source run is gone: train it again
     if tolerance is None:  # CPU runs are deterministic here; GPU kernels may not be

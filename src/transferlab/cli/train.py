@@ -34,7 +34,7 @@ def task(cfg: DictConfig) -> float | None:
     except SIGTERMException:
         sys.exit(143)  # stopped from outside (128 + SIGTERM); last.ckpt is saved, the sweep stops too
     except Exception as e:
-        if not in_sweep:
+        if not in_sweep or run.pruned(e):  # a pruned trial goes back to the Optuna sweeper as pruned
             raise
         run.record_failure(cfg, e)
         log.error("job failed (%s); the sweep goes on, the report lists it as failed", e)

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ class Report:
     runs: list[Run]
     markdown: str
     paths: list[Path]
+    study: dict | None = None  # the sweep's Optuna study (optimization_results.yaml), if it was one
 
 
 def write_report(dirs, out=None, select_by: str | None = None) -> Report:
@@ -46,10 +48,27 @@ def write_report(dirs, out=None, select_by: str | None = None) -> Report:
 
         figures = [p for p in (plot(rows, out / "report.png"), plot_alpha(rows, out / "fusion.png")) if p]
         paths += figures
-    text = markdown(rows, runs, run_labels, dirs, [p.name for p in figures], select_by)
+    study = _study(dirs[0])
+    if study and (dirs[0] / HISTORY).is_file():
+        figures.append(dirs[0] / HISTORY)
+    text = markdown(rows, runs, run_labels, dirs, [os.path.relpath(p, out) for p in figures], select_by, study)
     paths[0].write_text(text)
     write_csv(paths[1], rows, runs, run_labels)
-    return Report(rows, runs, text, paths)
+    return Report(rows, runs, text, paths, study)
+
+
+HISTORY = "optimization_history.png"  # beside optimization_results.yaml, written by the Optuna sweeper
+
+
+def _study(sweep_dir: Path) -> dict | None:
+    """The Optuna sweeper's summary of its study, when the directory is an Optuna search."""
+    import yaml
+
+    path = sweep_dir / "optimization_results.yaml"
+    try:
+        return yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return None
 
 
 __all__ = ["Report", "Run", "Row", "find_runs", "write_report"]

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transferlab import metrics as names
 from transferlab.errors import TransferlabError
-from transferlab.report import Report, write_report
+from transferlab.report import HISTORY, Report, write_report
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,14 @@ def log_to_wandb(report: Report, config: DictConfig) -> None:
                      config={"sweep_dir": str(out.resolve()), "runs": len(report.runs)})
     try:
         payload = {"report/table": wandb.Table(columns=columns, data=data)}
-        figure = out / "report.png"
-        if figure.is_file():
-            payload["report/figure"] = wandb.Image(str(figure))
+        figures = {"report/figure": out / "report.png", "report/optimization_history": out / HISTORY}
+        payload.update({key: wandb.Image(str(path)) for key, path in figures.items() if path.is_file()})
         run.log(payload)
         run.summary.update({f"report/{s}_runs": sum(r.status == s for r in report.runs)
-                            for s in ("finished", "failed", "incomplete")})
+                            for s in ("finished", "pruned", "failed", "incomplete")})
+        if report.study:  # the Optuna study: best value and parameters, importances, trial counts
+            run.summary.update({f"optuna/{k}": report.study[k] for k in
+                                ("study_name", "best_value", "best_params", "importances", "trials") if k in report.study})
     finally:
         wandb.finish()
 

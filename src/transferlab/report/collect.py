@@ -1,7 +1,7 @@
 """Find run directories and read what they left behind; a report never trusts a run it cannot prove finished.
 
 ``metrics.json`` is written last by ``run.train``, so it alone marks a finished run; ``failed.json``
-marks a sweep job that raised; a ``config.yaml`` with neither is a run that was killed or is still going.
+marks a sweep job that raised; ``pruned.json`` an Optuna trial its pruner stopped; a ``config.yaml`` with neither is a run that was killed or is still going.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def setting(config: dict, key: str, default=None):
 @dataclass
 class Run:
     dir: Path
-    status: str  # finished | failed | incomplete
+    status: str  # finished | pruned | failed | incomplete
     config: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)  # metrics.json; for a failed run, failed.json less the error
     error: str | None = None
@@ -67,6 +67,10 @@ def read_run(run_dir: Path) -> Run:
     metrics = _read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else None
     if metrics is not None:
         return Run(run_dir, "finished", config, metrics)
+    pruned = _read_json(run_dir / "pruned.json") if (run_dir / "pruned.json").is_file() else None
+    if pruned is not None:
+        return Run(run_dir, "pruned", config, {k: v for k, v in pruned.items() if k != "reason"},
+                   error=str(pruned.get("reason")))
     failed = _read_json(run_dir / "failed.json") if (run_dir / "failed.json").is_file() else None
     if failed is not None:
         # failed.json names strategy/model/data/seed for jobs that died before config.yaml was written

@@ -18,7 +18,7 @@ from transferlab.report.collect import Run
 
 # Config keys that differ between seeds of the same setting without changing it.
 RUN_SPECIFIC = ("seed", "paths", "hydra", "logger", "ckpt_path", "model.checkpoint", "experiment_name", "runs", "sweep",
-                "source.cache_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary")
+                "optuna_trial", "source.cache_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary")
 SHOWN = names.SHOWN  # report.md
 METRICS = names.COMPARED  # report.csv
 NAMED_GROUPS = ("model", "data")  # shown by their name alone; other groups as group=name
@@ -202,9 +202,26 @@ def eval_metrics(rows: list[Row], metrics=("acc",)) -> list[str]:
     return sorted(k for k in found if k.count("/") == 2 and k.rsplit("/", 1)[1] in metrics)
 
 
+def study_lines(study: dict) -> list[str]:
+    """The Optuna study behind a sweep (its optimization_results.yaml): trials, best value, importances."""
+    trials = study.get("trials", {})
+    lines = ["", f"## Optuna study `{study.get('study_name')}`", "",
+             f"`{study.get('storage')}`: " + ", ".join(f"{n} {s}" for s, n in trials.items()) +
+             f" trials ({study.get('direction')} {study.get('objective')})."]
+    if "best_value" in study:
+        params = ", ".join(f"{k}={v}" for k, v in study["best_params"].items())
+        lines[-1] += f" Best {study.get('objective')} = {study['best_value']:.4f} (trial {study['best_trial']}): {params}."
+        importances = study.get("importances")
+        lines += ["", "Parameter importances (fANOVA): " + (", ".join(f"{k} {v:.2f}" for k, v in importances.items())
+                                                            if isinstance(importances, dict) else str(importances)) + "."]
+    return lines
+
+
 def markdown(rows: list[Row], runs: list[Run], run_labels: dict, dirs, figures: list[str] = (),
-             select_by: str | None = None) -> str:
-    counts = {s: sum(r.status == s for r in runs) for s in ("finished", "failed", "incomplete")}
+             select_by: str | None = None, study: dict | None = None) -> str:
+    counts = {s: sum(r.status == s for r in runs) for s in ("finished", "pruned", "failed", "incomplete")}
+    if not counts["pruned"]:
+        del counts["pruned"]  # only Optuna searches prune
     shown = [*SHOWN, *eval_metrics(rows)]
     passes = any(row.mean("forward_passes") > 1 for row in rows)  # an ensemble's cost beside its accuracy
     peaks = [m for m in LR_PEAKS if any(m in r.metrics for row in rows for r in row.runs)]
@@ -242,10 +259,18 @@ def markdown(rows: list[Row], runs: list[Run], run_labels: dict, dirs, figures: 
     note = significance(rows)
     if note:
         lines += ["", note]
-    captions = {"report.png": "test accuracy and validation curves", "fusion.png": "accuracy along the WiSE-FT path"}
+    if study:
+        lines += study_lines(study)
+    captions = {"report.png": "test accuracy and validation curves", "fusion.png": "accuracy along the WiSE-FT path",
+                "optimization_history.png": "Optuna optimisation history"}
     for figure in figures:
         lines += ["", f"![{captions.get(figure, figure)}]({figure})"]
-    problems = [r for r in runs if r.status != "finished"]
+    pruned = [r for r in runs if r.status == "pruned"]
+    if pruned:
+        lines += ["", "## Pruned trials (stopped early by Optuna's pruner; not counted above)", "",
+                  "| setting | seed | directory | when |", "|---|---|---|---|"]
+        lines += [f"| {run_labels[r.dir]} | {r.describe('seed')} | `{r.dir}` | {r.error} |" for r in pruned]
+    problems = [r for r in runs if r.status in ("failed", "incomplete")]
     if problems:
         lines += ["", "## Failed and incomplete runs (not counted above)", "",
                   "| status | setting | seed | directory | reason |", "|---|---|---|---|---|"]

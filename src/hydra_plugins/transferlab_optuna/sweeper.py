@@ -1,0 +1,380 @@
+"""Hydra's Sweeper over Optuna's ask-and-tell: ask a batch of trials, run them as jobs of the multirun
+through Hydra's launcher (local, SLURM, ...), tell Optuna each result.
+
+The study lives in a database (by default ``<sweep dir>/optuna.db``, SQLite), never only in memory:
+a killed search continues when started again, several sweepers on one storage share ``n_trials``,
+and each trial reports its epochs into the study from whatever process runs it (``optuna_trial``).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import sys
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Transformer
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+RESULTS = "optimization_results.yaml"  # in the sweep directory, read by the report
+HISTORY = "optimization_history.png"
+
+
+class SweepError(Exception):
+    """What the user must change or know: printed as one ``error: ...`` paragraph, exit status 1."""
+
+
+def _distribution(override):
+    """A Hydra sweep (``interval``, ``tag(log, interval)``, ``range``, ``choice``, ``a,b``) as an Optuna
+    distribution; ``None`` for a plain value, which every trial gets as it was written."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if not override.is_sweep_override():
+        return None
+    value = override.value()
+    if override.is_interval_sweep():
+        kind = IntDistribution if isinstance(value.start, int) and isinstance(value.end, int) else FloatDistribution
+        return kind(value.start, value.end, log="log" in value.tags)
+    choices = list(override.sweep_iterator(transformer=Transformer.encode))
+    if override.is_range_sweep() and not value.shuffle and len(choices) > 1:
+        kind = IntDistribution if all(isinstance(c, int) for c in choices) else FloatDistribution
+        return kind(min(choices), max(choices), step=abs(value.step))
+    return CategoricalDistribution(choices)
+
+
+def _from_mapping(key: str, spec: dict):
+    """Optuna's own form: ``{type: float|int, low, high, log, step}`` or ``{type: categorical, choices}``."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    kinds = {"float": FloatDistribution, "int": IntDistribution, "categorical": CategoricalDistribution}
+    args = dict(spec)
+    kind = args.pop("type", None)
+    try:
+        return kinds[kind](**args)
+    except (KeyError, TypeError, ValueError) as e:
+        raise SweepError(f"error: hydra.sweeper.params.{key}={spec} is not a distribution ({e}); write "
+                         f"{{type: float, low: 1e-4, high: 1e-2, log: true}}, {{type: int, low: 1, high: 8, step: 1}}, "
+                         f"{{type: categorical, choices: [a, b]}}, or Hydra's sweep syntax "
+                         f"(interval(0, 1), tag(log, interval(1e-4, 1e-2)), range(1, 9), choice(a, b))") from None
+
+
+def search_space(params: dict | None, arguments: list[str]) -> tuple[dict, dict]:
+    """``hydra.sweeper.params``, then the command line's overrides (a later key wins): the distributions
+    to sample, and the plain overrides (key -> override text) passed to every trial."""
+    space, fixed = {}, {}
+    entries = [(k, v) for k, v in (params or {}).items()] + [(None, a) for a in arguments]
+    for key, value in entries:
+        if isinstance(value, dict):
+            space[key] = _from_mapping(key, value)
+            fixed.pop(key, None)
+            continue
+        text = value if key is None else f"{key}={value}"
+        (override,) = OverridesParser.create().parse_overrides([text])
+        name = override.get_key_element()
+        space.pop(name, None), fixed.pop(name, None)
+        distribution = _distribution(override)
+        if distribution is None:
+            fixed[name] = text
+        else:
+            space[name] = distribution
+    return space, fixed
+
+
+def _grid(space: dict) -> dict:
+    """GridSampler's search space: every value of each (discrete) distribution."""
+    from optuna.distributions import CategoricalDistribution
+
+    grid = {}
+    for name, d in space.items():
+        if isinstance(d, CategoricalDistribution):
+            grid[name] = list(d.choices)
+        elif d.step is not None and not d.log:
+            grid[name] = [d.low + i * d.step for i in range(int(round((d.high - d.low) / d.step)) + 1)]
+        else:
+            raise SweepError(f"error: hydra.sweeper.params.{name} is a continuous interval, and the grid sampler "
+                             f"needs listed values: choice(...), range(...) or {{type: float, low, high, step}}")
+    return grid
+
+
+def _text(value) -> str:
+    """A sampled value as Hydra override text."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _quoted(text: str) -> str:
+    return "'" + str(text).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@contextmanager
+def _quiet():
+    """Optuna warns that heartbeats, fail_stale_trials and its matplotlib plots are experimental, and
+    that heartbeats are meant for Study.optimize: this sweeper is the ask-and-tell loop they assume."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+@contextmanager
+def _heartbeat(storage, trials, interval: int):
+    """Mark the trials alive while their jobs run: another sweeper then tells them from lost ones."""
+    stop = threading.Event()
+
+    def beat():
+        while True:
+            for trial in trials:
+                try:
+                    storage.record_heartbeat(trial._trial_id)
+                except Exception as e:  # noqa: BLE001 - a busy database: try again at the next beat
+                    log.debug("heartbeat of trial %d not recorded: %s", trial.number, e)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name="optuna-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+class OptunaSweeper(Sweeper):
+    def __init__(self, sampler: Any, direction: str, study_name: str | None, storage: str | None, n_trials: int,
+                 n_jobs: int, max_failure_rate: float, pruner: str | None, pruners: DictConfig,
+                 heartbeat_interval: int, grace_period: int | None, params: DictConfig | None) -> None:
+        self.sampler, self.direction, self.study_name, self.storage = sampler, direction, study_name, storage
+        self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
+        self.pruner = {"name": pruner, **OmegaConf.to_container(pruners).get(pruner, {})} if pruner else None
+        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
+        self.params = OmegaConf.to_container(params) if params is not None else {}
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context,
+                                                                task_function=task_function)
+
+    def sweep(self, arguments: list[str]) -> None:
+        try:
+            self._sweep(arguments)
+        except SweepError as e:
+            print(e, file=sys.stderr)
+            sys.exit(1)
+
+    def _sweep(self, arguments: list[str]) -> None:
+        import optuna
+
+        from transferlab import studies
+        from transferlab.errors import ConfigError
+
+        self._check()
+        space, fixed = search_space(self.params, arguments)
+        sampler = self.sampler(search_space=_grid(space)) if isinstance(self.sampler, functools.partial) else self.sampler
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        url = studies.absolute(self.storage or f"sqlite:///{sweep_dir / 'optuna.db'}")
+        try:
+            studies.create_pruner(self.pruner)  # a bad name or argument: an error now, not in every trial
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            if url.startswith("sqlite:///"):
+                Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            with _quiet():
+                storage = studies.open_storage(url, self.heartbeat_interval, self.grace_period)
+        except ConfigError as e:
+            raise SweepError(f"error: {e}") from None
+        name = self.study_name or sweep_dir.name
+        study = optuna.create_study(storage=storage, sampler=sampler, study_name=name, direction=self.direction,
+                                    load_if_exists=True)
+        if study.direction.name.lower() != self.direction:
+            raise SweepError(f"error: study '{name}' in {url} was created to {study.direction.name.lower()}, and "
+                             f"hydra.sweeper.direction={self.direction}; give another study_name or storage")
+        study.set_user_attr(studies.PRUNER, self.pruner)
+        done = sum(map(studies.counted, study.get_trials(deepcopy=False)))
+        log.info("Optuna study '%s' in %s: %d of %d trials done; %s over %s", name, url, done, self.n_trials,
+                 type(sampler).__name__, ", ".join(space) or "nothing")
+        self._search(study, storage, space, fixed, url)
+        self._summarise(study, url, sweep_dir)
+
+    def _check(self) -> None:
+        if self.direction not in ("maximize", "minimize"):
+            raise SweepError(f"error: hydra.sweeper.direction={self.direction} is not valid; use maximize or minimize")
+        for key in ("n_trials", "n_jobs", "heartbeat_interval"):
+            if getattr(self, key) < 1:
+                raise SweepError(f"error: hydra.sweeper.{key}={getattr(self, key)} must be at least 1")
+
+    def _search(self, study, storage, space: dict, fixed: dict, url: str) -> None:
+        """Until ``n_trials`` are done in the whole study: ask what is left (less what other sweepers are
+        running), launch, tell. A trial whose sweeper died (no heartbeat for ``grace_period``) is marked
+        FAIL without an error and does not count, so a new trial takes its place."""
+        import optuna
+
+        from transferlab import studies
+
+        first = True
+        while True:
+            with _quiet():
+                optuna.storages.fail_stale_trials(study)
+            trials = study.get_trials(deepcopy=False)
+            done = [t for t in trials if studies.counted(t)]
+            failed = sum(t.state == optuna.trial.TrialState.FAIL for t in done)
+            if len(done) >= self.n_trials:
+                return
+            if done and failed / len(done) > self.max_failure_rate:
+                self._summarise(study, url, Path(self.config.hydra.sweep.dir), stop=(
+                    f"{failed} of {len(done)} trials failed, more than hydra.sweeper.max_failure_rate="
+                    f"{self.max_failure_rate}"))
+            running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
+            batch = min(self.n_jobs, self.n_trials - len(done) - running)
+            if batch < 1:  # the rest is running elsewhere: wait for it to end or to be found lost
+                time.sleep(self.heartbeat_interval)
+                continue
+            with _quiet():
+                asked = [study.ask() for _ in range(batch)]
+            asked = self._within_budget(study, asked)
+            if not asked:
+                continue
+            if first and asked[0].number > 0 and not isinstance(study.sampler, optuna.samplers.GridSampler):
+                study.sampler.reseed_rng()  # a resumed or shared study: never re-propose the seed's first trials
+            first = False
+            overrides = [self._overrides(t, space, fixed, url) for t in asked]
+            try:
+                with _heartbeat(storage, asked, self.heartbeat_interval):
+                    returns = self._launch(asked, overrides)
+            except BaseException:  # interrupted: these trials did not run to an end and do not count
+                for trial in asked:
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+                raise
+            for trial, ret in zip(asked, returns):
+                self._tell(study, trial, ret)
+
+    def _within_budget(self, study, asked: list) -> list:
+        """Sweepers that ask at the same moment could overshoot ``n_trials``: the lowest-numbered trials
+        keep the budget (every sweeper sees the same numbers); the others end unrun, as FAIL without an
+        error, which does not count."""
+        import optuna
+
+        from transferlab import studies
+
+        running = optuna.trial.TrialState.RUNNING
+        live = sorted(t.number for t in study.get_trials(deepcopy=False) if studies.counted(t) or t.state == running)
+        kept = set(live[:self.n_trials])
+        for trial in asked:
+            if trial.number not in kept:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        return [t for t in asked if t.number in kept]
+
+    def _overrides(self, trial, space: dict, fixed: dict, url: str) -> list[str]:
+        for name, distribution in space.items():
+            trial._suggest(name, distribution)  # what Study.ask(fixed_distributions=...) does
+        spec = f"{{storage:{_quoted(url)},study:{_quoted(trial.study.study_name)},number:{trial.number}}}"
+        return [*fixed.values(), *(f"{k}={_text(v)}" for k, v in trial.params.items()), f"optuna_trial={spec}"]
+
+    def _launch(self, trials, overrides) -> list:
+        """Job number = trial number (the job's sweep sub-folder): unique even when sweepers share a
+        directory; trials numbered apart (another sweeper asked in between) go in separate launches."""
+        returns, start = [], 0
+        for i in range(1, len(trials) + 1):
+            if i == len(trials) or trials[i].number != trials[i - 1].number + 1:
+                returns += self.launcher.launch(overrides[start:i], initial_job_idx=trials[start].number)
+                start = i
+        return returns
+
+    def _tell(self, study, trial, ret) -> None:
+        import optuna
+
+        from transferlab import studies
+
+        value = ret._return_value  # (``return_value`` re-raises a failed job's exception)
+        if ret.status == JobStatus.FAILED and isinstance(value, optuna.TrialPruned):
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
+            log.info("trial %d %s", trial.number, value)
+            return
+        try:
+            number = float(value) if ret.status == JobStatus.COMPLETED and value is not None else math.nan
+        except (TypeError, ValueError):
+            number = math.nan
+        if math.isfinite(number):
+            study.tell(trial, number, skip_if_finished=True)
+            log.info("trial %d: %s", trial.number, number)
+            return
+        reason = (f"{type(value).__name__}: {value}" if ret.status == JobStatus.FAILED else
+                  _failure(ret) or f"the job returned {value!r}, not a number")
+        trial.set_user_attr(studies.ERROR, reason[:1000])
+        study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        log.warning("trial %d failed: %s", trial.number, reason)
+
+    def _summarise(self, study, url: str, sweep_dir: Path, stop: str | None = None) -> None:
+        """``optimization_results.yaml`` and the history plot, for the report. Without a complete trial
+        (or past ``max_failure_rate``) the report is written all the same, then the search ends in error."""
+        import optuna
+
+        from transferlab import studies
+
+        trials = study.get_trials(deepcopy=False)
+        states = optuna.trial.TrialState
+        count = {name: sum(t.state == s and studies.counted(t) for t in trials)
+                 for name, s in (("complete", states.COMPLETE), ("pruned", states.PRUNED), ("failed", states.FAIL))}
+        count["lost"] = sum(t.state == states.FAIL and not studies.counted(t) for t in trials)
+        results = {"name": "optuna", "study_name": study.study_name, "storage": url,
+                   "direction": self.direction, "objective": OmegaConf.select(self.config, "objective"),
+                   "trials": count}
+        if count["complete"]:
+            best = study.best_trial
+            results.update(best_trial=best.number, best_value=best.value, best_params=best.params,
+                           importances=_importances(study, count["complete"]))
+            _plot_history(study, sweep_dir / HISTORY)
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS)
+        if count["complete"]:
+            log.info("best %s = %s (trial %d): %s", results["objective"], results["best_value"],
+                     results["best_trial"], results["best_params"])
+        stop = stop or (None if count["complete"] else f"no trial completed ({count['failed']} failed, "
+                                                       f"{count['pruned']} pruned)")
+        if stop:
+            self.hydra_context.callbacks.on_multirun_end(config=self.config)  # the report lists the failures
+            raise SweepError(f"error: Optuna study '{study.study_name}' stopped: {stop}; the report in "
+                             f"{sweep_dir} lists each failure and its reason")
+
+
+def _failure(ret) -> str | None:
+    """A tl-train job that failed returns nothing and leaves failed.json with the reason."""
+    import json
+
+    try:
+        run_dir = Path(ret.hydra_cfg.hydra.runtime.output_dir)  # the job's directory, as paths.run_dir
+        return json.loads((run_dir / "failed.json").read_text())["error"]
+    except Exception:  # noqa: BLE001 - no reason recorded: the caller says what the job returned
+        return None
+
+
+def _importances(study, n_complete: int) -> dict | str:
+    """fANOVA importances of the parameters, or why there are none."""
+    import optuna
+
+    if n_complete < 2:
+        return "needs at least 2 complete trials"
+    try:
+        return {k: round(float(v), 4) for k, v in optuna.importance.get_param_importances(study).items()}
+    except (RuntimeError, ValueError) as e:
+        return f"not computed: {e}"
+
+
+def _plot_history(study, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    with _quiet():
+        ax = plot_optimization_history(study)
+    ax.figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(ax.figure)

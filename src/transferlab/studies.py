@@ -1,0 +1,75 @@
+"""Optuna studies as transferlab keeps them, shared by the sweeper (hydra_plugins/transferlab_optuna)
+and by each trial's run (pruning.py), which may be another process on another machine: both open the
+study from its storage URL, so nothing is handed over in memory.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+
+from transferlab.errors import ConfigError
+
+PRUNERS = {  # hydra.sweeper.pruner -> Optuna pruner; its arguments come from hydra.sweeper.pruners.<name>
+    "median": optuna.pruners.MedianPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+}
+PRUNER = "pruner"  # study user attr: {name, **arguments}, read by every trial to prune as its sweeper asked
+ERROR = "error"  # trial user attr: the job ran and failed. A FAIL without it was lost (its sweeper died).
+
+
+def absolute(url: str) -> str:
+    """A relative SQLite path made absolute: a trial running elsewhere (SLURM) must open the same file."""
+    prefix = "sqlite:///"
+    path = url[len(prefix):]
+    if url.startswith(prefix) and path and not path.startswith("/") and path != ":memory:":
+        return prefix + str(Path(path).resolve())
+    return url
+
+
+def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None):
+    """SQLite waits up to a minute for a lock instead of failing while other processes write."""
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
+                                          grace_period=grace_period)
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy's URL, driver and connection errors
+        raise ConfigError(f"hydra.sweeper.storage={url} cannot be opened ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0]}); give a database URL such as sqlite:///study.db") from None
+
+
+def create_pruner(spec: dict | None) -> optuna.pruners.BasePruner:
+    """``{name, **arguments}`` -> the pruner; ``None`` never prunes."""
+    if not spec:
+        return optuna.pruners.NopPruner()
+    args = dict(spec)
+    name = args.pop("name")
+    if name not in PRUNERS:
+        raise ConfigError(f"hydra.sweeper.pruner={name} is not a pruner; choose one of null, {', '.join(PRUNERS)}")
+    try:
+        return PRUNERS[name](**args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"hydra.sweeper.pruners.{name}={args} is not valid: {e}") from None
+
+
+def load_trial(spec) -> optuna.Trial:
+    """The live trial ``optuna_trial={storage, study, number}`` names, with its study's pruner."""
+    storage = open_storage(spec["storage"])
+    try:
+        study_id = storage.get_study_id_from_name(spec["study"])
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, int(spec["number"]))
+    except KeyError:
+        raise ConfigError(f"optuna_trial names trial {spec['number']} of study '{spec['study']}' in "
+                          f"{spec['storage']}, which has no such trial; only the Optuna sweeper sets "
+                          f"optuna_trial") from None
+    pruner = create_pruner(storage.get_study_user_attrs(study_id).get(PRUNER))
+    study = optuna.load_study(study_name=spec["study"], storage=storage, pruner=pruner,
+                              sampler=optuna.samplers.RandomSampler())  # a trial reports; it never samples
+    return optuna.Trial(study, trial_id)
+
+
+def counted(trial: optuna.trial.FrozenTrial) -> bool:
+    """A trial that used up one of ``n_trials``: complete, pruned, or failed in its job (not lost)."""
+    states = optuna.trial.TrialState
+    return trial.state in (states.COMPLETE, states.PRUNED) or (trial.state == states.FAIL and ERROR in trial.user_attrs)
