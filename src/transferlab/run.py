@@ -32,7 +32,8 @@ from transferlab.module import TransferModule
 from transferlab.optim import create_optimizer, create_scheduler
 from transferlab.plan import resolve
 from transferlab.strategies import Strategy, create_strategy
-from transferlab.tasks import create_loss_weighting, create_tasks, stream_of, task_specs
+from transferlab.loss_weighting import create_loss_weighting
+from transferlab.tasks import create_tasks, stream_of, task_specs
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import torch
 import yaml
-from pytorch_lightning import loggers as pl_loggers
 from pytorch_lightning.utilities import rank_zero_only
 
-from transferlab.registry import Registry
+from transferlab.choices import LOGGERS
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +30,6 @@ PACKAGES = ("torch", "torchvision", "timm", "pytorch-lightning", "hydra-core", "
             "torchmetrics", "numpy", "scikit-learn", "transferlab")
 REDACTED = "<redacted>"
 
-LOGGERS = Registry("logger", "logger.<entry>.kind")  # each takes save_dir= and its own keys
-LOGGERS.register("csv", pl_loggers.CSVLogger)
-LOGGERS.register("wandb", pl_loggers.WandbLogger)
-LOGGERS.register("tensorboard", pl_loggers.TensorBoardLogger)
 
 
 def _secret_values() -> set[str]:

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.data.base import KINDS, SPLITS, split_three_ways
+from transferlab.data.base import SPLITS, split_three_ways
 from transferlab.data.image_folder import Files
 from transferlab.errors import DataError
 
 
-@KINDS.register("csv")
 def create(cfg):
     manifest = Path(cfg.manifest).expanduser() if cfg.manifest else None
     if manifest is None or not manifest.is_file():

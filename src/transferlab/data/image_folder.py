@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from transferlab.data.base import KINDS, SPLITS, LabeledImages, digest, split_three_ways
+from transferlab.data.base import SPLITS, LabeledImages, digest, split_three_ways
 from transferlab.errors import DataError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -55,7 +55,6 @@ def scan(folder: Path, classes: list[str] | None = None) -> Files:
     return Files(paths, {"label": labels}, {"label": classes})
 
 
-@KINDS.register("image_folder")
 def create(cfg) -> dict[str, LabeledImages]:
     if not cfg.root:
         raise DataError("data.root is not set; pass data.root=/path/to/images")

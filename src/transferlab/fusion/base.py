@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 
 from transferlab.errors import ConfigError
-from transferlab.registry import Registry
+from transferlab.choices import FUSIONS  # noqa: F401 - declares each method by name
 
-FUSIONS = Registry("fusion method", "fusion.name")  # each: method(ingredients, score, cfg) -> Fused
 
 
 @dataclass

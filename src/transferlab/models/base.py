@@ -13,9 +13,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from transferlab.registry import Registry
+from transferlab.choices import FAMILIES  # noqa: F401 - declares each family by name
 
-FAMILIES = Registry("model family", "model.family")
 
 
 class Family:
