@@ -9,13 +9,17 @@ everything through. Errors are not log records: ``cli.user_errors`` prints them,
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import time
 import warnings
+from pathlib import Path
 
+from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab import metrics as names
@@ -87,18 +91,19 @@ def is_verbose(cfg: DictConfig) -> bool:
 
 def choices(plan: DictConfig) -> str:
     """The resolved choices of a run, in one line."""
-    opt = plan.optimizer
-    source = plan.model.get("checkpoint") or ("hub weights" if plan.model.get("pretrained") else
-                                              "source run" if plan.get("source") and plan.source.get("overrides")
-                                              else "random init")
-    parts = {"model": f"{plan.model.name} ({source})", "data": plan.data.name, "strategy": plan.strategy.name,
+    model, opt, trainer = plan.model, plan.optimizer, plan.trainer
+    weights = model.get("checkpoint") or ("hub weights" if model.get("pretrained") else "source run"
+                                          if plan.get("source") and plan.source.get("overrides") else "random init")
+    tasks = [name for name, task in plan.tasks.items() if task is not None]
+    parts = {"model": f"{model.name} ({weights})", "data": plan.data.name, "strategy": plan.strategy.name,
              "optimizer": f"{opt.name} lr={opt.lr:g} wd={opt.get('weight_decay', 0):g}",
-             "scheduler": plan.scheduler.name, "epochs": plan.trainer.max_epochs, "seed": plan.seed,
-             "tasks": ",".join(k for k, v in plan.tasks.items() if v is not None),
+             "scheduler": plan.scheduler.name, "epochs": trainer.max_epochs, "seed": plan.seed,
+             "tasks": ",".join(tasks) if tasks != ["main"] else None,
              "eval_sets": ",".join(plan.get("eval_sets") or {}) or None,
-             "trainer": f"{plan.trainer.accelerator} x{plan.trainer.devices} {plan.trainer.precision}",
+             "devices": f"{trainer.devices} ({trainer.accelerator})", "nodes": trainer.get("num_nodes", 1),
+             "precision": trainer.get("precision") if str(trainer.get("precision")) != "32-true" else None,
              "logger": ",".join(k for k, v in (plan.get("logger") or {}).items() if v is not None) or "none"}
-    return "  ".join(f"{k}={v}" for k, v in parts.items() if v is not None)
+    return "  ".join(f"{k}={v}" for k, v in parts.items() if v is not None and (k, v) != ("nodes", 1))
 
 
 def headline(metrics: dict) -> str:
@@ -130,13 +135,8 @@ class SweepLines(Callback):
         self.start = self.start or self.job_start
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
-        from pathlib import Path
-
-        from hydra.types import RunMode
-
         if config.hydra.mode != RunMode.MULTIRUN or not rank_zero():
             return
-
         seconds = time.perf_counter() - (self.job_start or time.perf_counter())
         self.done += 1
         run_dir = Path(str(OmegaConf.select(config, "paths.run_dir", default=config.hydra.runtime.output_dir)))
@@ -150,18 +150,16 @@ class SweepLines(Callback):
              _outcome(run_dir, job_return), _duration(seconds), left)
 
 
-def _outcome(run_dir, job_return) -> str:
-    import json
-
-    for name, what in (("metrics.json", None), ("failed.json", "failed")):
+def _outcome(run_dir: Path, job_return) -> str:
+    """The headline metrics of a finished job, the error of a failed one."""
+    for name in ("metrics.json", "failed.json"):
         try:
             content = json.loads((run_dir / name).read_text())
         except (OSError, ValueError):
             continue
-        return headline(content) if what is None else f"failed: {str(content.get('error', '')).splitlines()[0][:160]}"
-    from hydra.core.utils import JobStatus
-
-    if job_return.status == JobStatus.FAILED:  # raised past tl-train's own handling: the traceback follows
+        return headline(content) if name == "metrics.json" else \
+            "failed: " + (str(content.get("error")).splitlines() or [""])[0][:160]
+    if job_return.status == JobStatus.FAILED:  # raised past tl-train's own handling: its traceback follows
         return f"failed: {job_return._return_value!r}"[:160]
     return "no metrics.json (stopped)"
 
