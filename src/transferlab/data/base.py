@@ -9,7 +9,6 @@ from torch.utils.data import Dataset
 
 from transferlab.data.corruptions import corrupt
 from transferlab.errors import DataError
-from transferlab.choices import KINDS  # noqa: F401 - declares each kind by name
 
 SPLITS = ("train", "val", "test")
 

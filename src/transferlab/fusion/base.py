@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from transferlab.errors import ConfigError
-from transferlab.choices import FUSIONS  # noqa: F401 - declares each method by name
 
 
 

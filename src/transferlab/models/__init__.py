@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from transferlab.models.base import FAMILIES, Family, TransferModel, create_head
+from transferlab.choices import FAMILIES
+from transferlab.models.base import Family, TransferModel, create_head
 
 __all__ = ["FAMILIES", "Family", "TransferModel", "create_head", "create_model"]
 

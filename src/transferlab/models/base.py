@@ -13,7 +13,6 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from transferlab.choices import FAMILIES  # noqa: F401 - declares each family by name
 
 
 

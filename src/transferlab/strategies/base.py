@@ -19,7 +19,6 @@ import logging
 from pytorch_lightning import Callback
 
 from transferlab.errors import ConfigError
-from transferlab.choices import STRATEGIES  # noqa: F401 - declares each subclass by name
 
 log = logging.getLogger(__name__)
 
