@@ -25,7 +25,8 @@ STRATEGIES.register("linear_probe", "transferlab.strategies.linear_probe:LinearP
 STRATEGIES.register("partial", "transferlab.strategies.partial:Partial", settings=("freeze_stages", *_STRATEGY))
 STRATEGIES.register("gradual", "transferlab.strategies.gradual:Gradual",
                     settings=("milestones", "stages_per_milestone", *_STRATEGY))
-STRATEGIES.register("lp_ft", "transferlab.strategies.lp_ft:LPFT", settings=("lp_epochs", "backbone_lr_mult", *_STRATEGY))
+STRATEGIES.register("lp_ft", "transferlab.strategies.lp_ft:LPFT",
+                    settings=("lp_epochs", "backbone_lr_mult", *_STRATEGY))
 
 OPTIMIZERS = Registry("optimizer", "optimizer.name")  # optimizer.name -> (param groups, cfg) -> optimizer
 SCHEDULERS = Registry("scheduler", "scheduler.name")  # scheduler.name -> (optimizer, cfg, warmup, total, per_epoch)

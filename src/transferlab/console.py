@@ -79,8 +79,8 @@ def setup() -> None:
 def rank_zero() -> bool:
     """Whether this process is rank 0, read as Lightning reads it (the first rank variable set), without
     importing Lightning: DDP and SLURM processes of one run print its lines once."""
-    rank = next((os.environ[k] for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK") if k in os.environ), "0")
-    return rank == "0"
+    variables = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+    return next((os.environ[k] for k in variables if k in os.environ), "0") == "0"
 
 
 def is_verbose(cfg: DictConfig) -> bool:
@@ -145,7 +145,8 @@ class SweepLines(Callback):
         number = config.hydra.job.num + 1
         left = ""
         if self.total and self.done < self.total:
-            left = f", about {_duration((time.perf_counter() - self.start) / self.done * (self.total - self.done))} left"
+            per_job = (time.perf_counter() - self.start) / self.done
+            left = f", about {_duration(per_job * (self.total - self.done))} left"
         show("[%s] %s  %s  (%s%s)", f"{number}/{self.total}" if self.total else number, " ".join(overrides),
              _outcome(run_dir, job_return), _duration(seconds), left)
 

@@ -18,10 +18,11 @@ def task(cfg: DictConfig) -> None:
     with user_errors():
         metrics = fuse(cfg)
     shown = [k for k in metrics if k.endswith("/acc") and not k.startswith("val/")]
+    passes = metrics["forward_passes"]
     console.show(f"run directory: {cfg.paths.run_dir}\n{metrics['fusion']}: chosen {metrics['chosen']} on "
                  f"{cfg.fusion.select_by}={metrics[cfg.fusion.select_by]:.4f}  " +
                  "  ".join(f"{k}={metrics[k]:.4f}" for k in shown) +
-                 f"  ({metrics['forward_passes']} forward pass{'es' if metrics['forward_passes'] > 1 else ''} per input)")
+                 f"  ({passes} forward pass{'es' if passes > 1 else ''} per input)")
 
 
 def main() -> None:
