@@ -70,3 +70,21 @@ def test_a_backbone_without_a_stage_grouping_is_an_error_for_partial_and_gradual
         with pytest.raises(ConfigError, match="has no stage grouping"):
             strategy.check_fits(model, max_epochs=5)
     Finetune().check_fits(model, max_epochs=5)  # strategies that treat the backbone whole still fit
+
+
+def test_every_declared_entry_imports_and_declared_settings_are_the_constructors():
+    """choices.py names implementations by path so that checks need no torch; each path must lead to
+    its code, and a strategy's declared settings must be exactly what its class takes."""
+    from transferlab import choices
+    from transferlab.registry import Registry
+
+    registries = [r for r in vars(choices).values() if isinstance(r, Registry)]
+    assert len(registries) == 8
+    for registry in registries:
+        for name in registry.names():
+            assert callable(registry.get(name)), f"{registry.what} '{name}'"
+    for name in choices.STRATEGIES.names():
+        declared = choices.STRATEGIES.settings(name)
+        fresh = Registry("strategy", "strategy.kind")
+        fresh.register(name, choices.STRATEGIES.get(name))
+        assert declared == fresh.settings(name), name

@@ -13,15 +13,21 @@ from collections.abc import Callable
 
 import torch
 
+from transferlab.choices import OPTIMIZERS, SCHEDULERS  # their entries are the functions below
 from transferlab.errors import ConfigError
-from transferlab.registry import Registry
 
-# name -> (groups, cfg) -> optimizer; each reads its own keys of the optimizer config
-OPTIMIZERS = Registry("optimizer", "optimizer.name")
-OPTIMIZERS.register("sgd", lambda groups, cfg: torch.optim.SGD(
-    groups, lr=cfg.lr, momentum=cfg.get("momentum", 0.9), nesterov=cfg.get("nesterov", False)))
-OPTIMIZERS.register("adam", lambda groups, cfg: torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.get("betas", (0.9, 0.999)))))
-OPTIMIZERS.register("adamw", lambda groups, cfg: torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.get("betas", (0.9, 0.999)))))
+
+# OPTIMIZERS: name -> (groups, cfg) -> optimizer; each reads its own keys of the optimizer config
+def sgd(groups, cfg) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.get("momentum", 0.9), nesterov=cfg.get("nesterov", False))
+
+
+def adam(groups, cfg) -> torch.optim.Optimizer:
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.get("betas", (0.9, 0.999))))
+
+
+def adamw(groups, cfg) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.get("betas", (0.9, 0.999))))
 
 
 def param_groups(model, weight_decay: float, head_lr_mult: float = 1.0, layer_decay: float | None = None,
@@ -63,36 +69,32 @@ def create_optimizer(model, cfg, stage_lr_scale=lambda stage: 1.0, extra=()) -> 
     return make(groups, cfg)
 
 
-def _cosine(warmup: int, total: int, min_ratio: float):
+# SCHEDULERS: name -> (optimizer, cfg, warmup, total, per_epoch) -> scheduler; warm-up is linear, in steps
+def cosine(opt, cfg, warmup: int, total: int, per_epoch: int):
+    """Cosine decay to ``min_lr_ratio`` of each group's rate after the warm-up."""
+    min_ratio = cfg.get("min_lr_ratio", 0.0)
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return factor
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _step(warmup: int, step_steps: int, gamma: float):
-    def factor(step: int) -> float:
-        return (step + 1) / warmup if step < warmup else gamma ** (step // step_steps)
-    return factor
+def step(opt, cfg, warmup: int, total: int, per_epoch: int):
+    """Multiplied by ``gamma`` every ``step_epochs`` epochs after the warm-up."""
+    every, gamma = max(1, int(cfg.step_epochs * per_epoch)), cfg.gamma
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (i + 1) / warmup if i < warmup else gamma ** (i // every))
 
 
-def _constant(warmup: int):
-    def factor(step: int) -> float:
-        return (step + 1) / warmup if step < warmup else 1.0
-    return factor
+def onecycle(opt, cfg, warmup: int, total: int, per_epoch: int):
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                               total_steps=max(total, 1), pct_start=cfg.pct_start)
 
 
-SCHEDULERS = Registry("scheduler", "scheduler.name")  # name -> (optimizer, cfg, warmup, total, per_epoch) -> scheduler
-SCHEDULERS.register("cosine", lambda opt, cfg, warmup, total, per_epoch: torch.optim.lr_scheduler.LambdaLR(
-    opt, _cosine(warmup, total, cfg.get("min_lr_ratio", 0.0))))
-SCHEDULERS.register("step", lambda opt, cfg, warmup, total, per_epoch: torch.optim.lr_scheduler.LambdaLR(
-    opt, _step(warmup, max(1, int(cfg.step_epochs * per_epoch)), cfg.gamma)))
-SCHEDULERS.register("onecycle", lambda opt, cfg, warmup, total, per_epoch: torch.optim.lr_scheduler.OneCycleLR(
-    opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=max(total, 1), pct_start=cfg.pct_start))
-SCHEDULERS.register("constant", lambda opt, cfg, warmup, total, per_epoch: torch.optim.lr_scheduler.LambdaLR(
-    opt, _constant(warmup)))
+def constant(opt, cfg, warmup: int, total: int, per_epoch: int):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (i + 1) / warmup if i < warmup else 1.0)
 
 
 def create_scheduler(optimizer, cfg, total_steps: int, steps_per_epoch: int) -> dict:

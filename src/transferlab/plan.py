@@ -149,24 +149,20 @@ def _check_validation_interval(cfg: DictConfig) -> None:
 
 def _check_choices(cfg: DictConfig) -> None:
     """Registry names and settings, without building anything."""
-    from transferlab.data import KINDS
-    from transferlab.models import FAMILIES
-    from transferlab.optim import OPTIMIZERS, SCHEDULERS
-    from transferlab.strategies import STRATEGIES, strategy_settings
-    from transferlab.tasks import LOSS_WEIGHTING
-    from transferlab.tracking import LOGGERS
+    from transferlab.choices import (FAMILIES, KINDS, LOGGERS, LOSS_WEIGHTING, OPTIMIZERS, SCHEDULERS, STRATEGIES,
+                                     strategy_settings)
 
-    FAMILIES.get(cfg.model.family)
-    KINDS.get(cfg.data.kind)
+    FAMILIES.check(cfg.model.family)
+    KINDS.check(cfg.data.kind)
     for name, data in (cfg.get("eval_sets") or {}).items():
-        KINDS.get(data.kind, key=f"eval_sets.{name}.kind")
+        KINDS.check(data.kind, key=f"eval_sets.{name}.kind")
     STRATEGIES.check_settings(cfg.strategy.kind, strategy_settings(cfg.strategy))
-    OPTIMIZERS.get(cfg.optimizer.name)
-    SCHEDULERS.get(cfg.scheduler.name)
-    LOSS_WEIGHTING.get(cfg.multitask.loss_weighting)
+    OPTIMIZERS.check(cfg.optimizer.name)
+    SCHEDULERS.check(cfg.scheduler.name)
+    LOSS_WEIGHTING.check(cfg.multitask.loss_weighting)
     for name, spec in (cfg.get("logger") or {}).items():
         if spec is not None:
-            LOGGERS.get(spec.kind, key=f"logger.{name}.kind")
+            LOGGERS.check(spec.kind, key=f"logger.{name}.kind")
 
 
 def _complete_eval_sets(cfg: DictConfig) -> None:

@@ -27,13 +27,14 @@ from transferlab.checkpoints import StreamingCheckpointIO, create_checkpoints, r
 from transferlab.config import to_plain
 from transferlab.data.datamodule import TransferDataModule, create_streams
 from transferlab.errors import ConfigError
+from transferlab.loss_weighting import create_loss_weighting
 from transferlab.models import create_model
 from transferlab.module import TransferModule
 from transferlab.optim import create_optimizer, create_scheduler
 from transferlab.plan import resolve
 from transferlab.rundir import check_unused, is_rank_zero
 from transferlab.strategies import Strategy, create_strategy
-from transferlab.tasks import create_loss_weighting, create_tasks, stream_of, task_specs
+from transferlab.tasks import create_tasks, stream_of, task_specs
 
 log = logging.getLogger(__name__)
 

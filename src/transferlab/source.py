@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from transferlab import console
 from transferlab.config import compose_config, set_value, to_plain
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ def source_config(cfg):
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
     run_dir = Path(cfg.source.cache_dir).expanduser() / f"{cfg.model.name}-{digest}"
     set_value(src, "paths.run_dir", str(run_dir))
+    # Shown like the run that needs it (no bars in a sweep); not part of the key: the weights do not change.
+    set_value(src, "trainer.enable_progress_bar", cfg.trainer.get("enable_progress_bar", True))
     return src, run_dir
 
 
@@ -57,8 +60,8 @@ def prepare_source(cfg, train_fn) -> str | None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         checkpoint = _cached_checkpoint(run_dir)
         if checkpoint is None:
-            log.info("training the source model (%s) into %s; later runs reuse it",
-                     " ".join(cfg.source.overrides), run_dir)
+            console.show("training the source model (%s) into %s; later runs reuse it",
+                         " ".join(cfg.source.overrides), run_dir)
             _as_rank_zero(train_fn, src)
             checkpoint = _cached_checkpoint(run_dir)
         else:

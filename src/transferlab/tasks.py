@@ -1,4 +1,4 @@
-"""Tasks and loss weighting. A single-task run is the one-task case of the same code.
+"""Tasks. A single-task run is the one-task case of the same code (their losses add up in loss_weighting.py).
 
 A task names a label column of a dataset and a head. Tasks that read the run's own ``data`` share
 one data stream (several label columns of the same images); a task with ``data`` overrides gets a
@@ -9,14 +9,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from transferlab.errors import ConfigError, DataError
-from transferlab.registry import Registry
 
-LOSS_WEIGHTING = Registry("loss weighting", "multitask.loss_weighting")
 TASK_KEYS = ("label", "num_classes", "weight", "data")
 
 
@@ -76,47 +72,3 @@ def create_tasks(specs: dict[str, dict], class_names: dict[str, list[str]]) -> l
         tasks.append(Task(name=name, num_classes=len(names), class_names=names, label=spec["label"],
                           weight=spec["weight"], data=spec["data"]))
     return tasks
-
-
-@LOSS_WEIGHTING.register("fixed")
-class FixedWeights(nn.Module):
-    """Total loss = sum of w_i * L_i with the configured weights.
-
-    ``active`` lists the tasks with a non-zero weight: the module computes no training loss for the
-    others, so their heads get no gradient and the optimizer (weight decay included) leaves them be.
-    """
-
-    def __init__(self, tasks: list[Task]):
-        super().__init__()
-        self.weights = {t.name: t.weight for t in tasks}
-        self.active = [t.name for t in tasks if t.weight > 0]
-
-    def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(self.weights[name] * loss for name, loss in losses.items() if name in self.active)
-
-    def effective_weights(self) -> dict[str, float]:
-        return dict(self.weights)
-
-
-@LOSS_WEIGHTING.register("uncertainty")
-class UncertaintyWeights(nn.Module):
-    """Kendall et al. (2018): sum of L_i / (2 exp(s_i)) + s_i / 2, with s_i = log sigma_i^2 learned.
-
-    Tasks configured with weight 0 stay out of the sum, so a switched-off task stays off.
-    """
-
-    def __init__(self, tasks: list[Task]):
-        super().__init__()
-        self.active = [t.name for t in tasks if t.weight > 0]
-        self.log_vars = nn.ParameterDict({name: nn.Parameter(torch.zeros(())) for name in self.active})
-
-    def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(loss / (2 * self.log_vars[name].exp()) + self.log_vars[name] / 2
-                   for name, loss in losses.items() if name in self.log_vars)
-
-    def effective_weights(self) -> dict[str, float]:
-        return {name: float(0.5 * torch.exp(-s.detach())) for name, s in self.log_vars.items()}
-
-
-def create_loss_weighting(name: str, tasks: list[Task]) -> nn.Module:
-    return LOSS_WEIGHTING.create(name, tasks)

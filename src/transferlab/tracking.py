@@ -19,21 +19,16 @@ from pathlib import Path
 
 import torch
 import yaml
-from pytorch_lightning import loggers as pl_loggers
 from pytorch_lightning.utilities import rank_zero_only
 
+from transferlab.choices import LOGGERS
 from transferlab.redact import REDACTED, SECRET_NAME, argv_scrubbed, scrub  # noqa: F401 - re-exported
-from transferlab.registry import Registry
 
 log = logging.getLogger(__name__)
 
 PACKAGES = ("torch", "torchvision", "timm", "pytorch-lightning", "hydra-core", "omegaconf", "wandb",
             "torchmetrics", "numpy", "scikit-learn", "transferlab")
 
-LOGGERS = Registry("logger", "logger.<entry>.kind")  # each takes save_dir= and its own keys
-LOGGERS.register("csv", pl_loggers.CSVLogger)
-LOGGERS.register("wandb", pl_loggers.WandbLogger)
-LOGGERS.register("tensorboard", pl_loggers.TensorBoardLogger)
 
 
 def write_atomic(path: Path, text: str) -> None:

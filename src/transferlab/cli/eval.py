@@ -6,7 +6,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from transferlab import CONF_DIR, run
+from transferlab import CONF_DIR, console
 from transferlab.cli import user_errors
 from transferlab.errors import ConfigError
 from transferlab.plan import from_checkpoint
@@ -25,12 +25,15 @@ def checkpoint_plan(ckpt_path: str, cfg: DictConfig) -> DictConfig:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
 def task(cfg: DictConfig) -> None:
+    console.setup()
     with user_errors():
         if OmegaConf.is_missing(cfg, "ckpt_path"):
             raise ConfigError("ckpt_path is required: tl-eval ckpt_path=PATH/TO/checkpoints/best.ckpt [data=...]")
+        from transferlab import run  # torch, timm and Lightning: once the command line is sound
+
         metrics = run.evaluate(checkpoint_plan(cfg.ckpt_path, cfg), cfg.ckpt_path, Path(cfg.paths.run_dir))
-    print(f"run directory: {cfg.paths.run_dir}")
-    print("  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if isinstance(v, float)))
+    console.show("run directory: %s\n%s", cfg.paths.run_dir,
+                 "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if isinstance(v, float)))
 
 
 def main() -> None:

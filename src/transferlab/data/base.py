@@ -9,10 +9,8 @@ from torch.utils.data import Dataset
 
 from transferlab.data.corruptions import corrupt
 from transferlab.errors import DataError
-from transferlab.registry import Registry
 
 SPLITS = ("train", "val", "test")
-KINDS = Registry("data kind", "data.kind")  # one module per kind registers its ``create(cfg)``
 
 
 class LabeledImages(Dataset):

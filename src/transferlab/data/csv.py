@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.data.base import KINDS, SPLITS, split_three_ways
+from transferlab.data.base import SPLITS, split_three_ways
 from transferlab.data.image_folder import Files
 from transferlab.errors import DataError
 
@@ -76,7 +76,6 @@ def _some(items: list, n: int = 5) -> str:
     return ", ".join(map(str, items[:n])) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
-@KINDS.register("csv")
 def create(cfg):
     manifest = Path(cfg.manifest).expanduser() if cfg.manifest else None
     if manifest is None or not manifest.is_file():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from transferlab.data.base import KINDS, LabeledImages, split_three_ways
+from transferlab.data.base import LabeledImages, split_three_ways
 
 
 class Digits(LabeledImages):
@@ -19,6 +19,5 @@ class Digits(LabeledImages):
         return Image.fromarray(self.images[i], mode="L").convert("RGB")
 
 
-@KINDS.register("digits")
 def create(cfg) -> dict[str, LabeledImages]:
     return split_three_ways(Digits(), "label", cfg.val_fraction, cfg.test_fraction, cfg.split_seed)

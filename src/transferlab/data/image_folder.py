@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from transferlab.data.base import KINDS, SPLITS, LabeledImages, digest, split_three_ways
+from transferlab.data.base import SPLITS, LabeledImages, digest, split_three_ways
 from transferlab.errors import DataError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -73,7 +73,6 @@ def scan(folder: Path, classes: list[str] | None = None) -> Files:
     return Files(paths, {"label": labels}, {"label": classes})
 
 
-@KINDS.register("image_folder")
 def create(cfg) -> dict[str, LabeledImages]:
     if not cfg.root:
         raise DataError("data.root is not set; pass data.root=/path/to/images")

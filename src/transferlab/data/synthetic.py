@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from transferlab.data.base import KINDS, LabeledImages, split_three_ways
+from transferlab.data.base import LabeledImages, split_three_ways
 from transferlab.errors import DataError
 
 SHAPES = ["circle", "square", "triangle", "cross"]
@@ -56,7 +56,6 @@ class Synthetic(LabeledImages):
         return Image.fromarray(self.images[i])
 
 
-@KINDS.register("synthetic")
 def create(cfg) -> dict[str, LabeledImages]:
     ds = Synthetic(cfg.num_samples, cfg.resolution, cfg.domain, cfg.shift, cfg.seed)
     return split_three_ways(ds, cfg.stratify_by, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)

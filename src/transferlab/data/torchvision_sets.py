@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.data.base import KINDS, LabeledImages, split_three_ways
+from transferlab.data.base import LabeledImages, split_three_ways
 from transferlab.errors import DataError
 
 # name -> (torchvision class, constructor kwargs per split it ships; splits it lacks are carved from train)
@@ -44,7 +44,6 @@ def _targets(ds) -> np.ndarray:
     return np.asarray([y for _, y in ds.samples]) if hasattr(ds, "samples") else np.asarray([y for _, y in ds])
 
 
-@KINDS.register("torchvision")
 def create(cfg) -> dict[str, LabeledImages]:
     import torchvision.datasets as tvd
 

@@ -11,20 +11,23 @@ import csv
 import io
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab import metrics as names
+from transferlab.choices import FUSIONS
 from transferlab.errors import ConfigError
-from transferlab.fusion import ensemble, soup, wise_ft  # noqa: F401 - register the methods
-from transferlab.fusion.base import FUSIONS, Fused, Ingredient, check_compatible, find_ingredients, read_ingredient
+
+if TYPE_CHECKING:  # torch comes with fusion.base: imported once the config has been checked
+    from transferlab.fusion.base import Fused, Ingredient
 
 __all__ = ["FUSIONS", "fuse", "ingredients_of", "validate"]
 
 
 def validate(cfg: DictConfig) -> None:
     """Everything the config alone can show to be wrong, before any checkpoint is read."""
-    FUSIONS.get(cfg.fusion.name)
+    FUSIONS.check(cfg.fusion.name)
     select_by = cfg.fusion.select_by
     if not str(select_by).startswith("val/"):
         raise ConfigError(f"fusion.select_by={select_by} is not a validation metric; candidates are chosen on "
@@ -42,6 +45,8 @@ def validate(cfg: DictConfig) -> None:
 
 
 def ingredients_of(cfg: DictConfig) -> list[Ingredient]:
+    from transferlab.fusion.base import find_ingredients, read_ingredient
+
     if cfg.get("sweep"):
         where = cfg.get("where")
         return find_ingredients(cfg.sweep, OmegaConf.to_container(where) if where else {})
@@ -50,19 +55,19 @@ def ingredients_of(cfg: DictConfig) -> list[Ingredient]:
 
 def fuse(cfg: DictConfig) -> dict:
     """Run one fusion into ``cfg.paths.run_dir``; returns metrics.json's content."""
+    validate(cfg)
+    out = Path(cfg.paths.run_dir)
+    if (out / "metrics.json").exists():
+        raise ConfigError(f"'{out}' already holds a finished fusion (metrics.json); choose another output directory")
     import pytorch_lightning as pl
     import torch
 
     from transferlab import tracking
     from transferlab.checkpoints import StreamingCheckpointIO
     from transferlab.config import to_plain
+    from transferlab.fusion.base import check_compatible
     from transferlab.fusion.evaluate import Evaluator
     from transferlab.plan import from_checkpoint
-
-    validate(cfg)
-    out = Path(cfg.paths.run_dir)
-    if (out / "metrics.json").exists():
-        raise ConfigError(f"'{out}' already holds a finished fusion (metrics.json); choose another output directory")
     method = FUSIONS.get(cfg.fusion.name)()
     ingredients = ingredients_of(cfg)
     check_compatible(ingredients, shared_init=method.averages_weights)

@@ -17,9 +17,7 @@ from pathlib import Path
 import torch
 
 from transferlab.errors import ConfigError
-from transferlab.registry import Registry
 
-FUSIONS = Registry("fusion method", "fusion.name")  # each: method(ingredients, score, cfg) -> Fused
 
 
 @dataclass

@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from transferlab.fusion.base import FUSIONS, Candidate, Fused, Method
+from transferlab.fusion.base import Candidate, Fused, Method
 
 
 class EnsembleHead(nn.Module):
@@ -39,7 +39,6 @@ class Ensemble(nn.Module):
         return {task: head(features) for task, head in self.heads.items()}
 
 
-@FUSIONS.register("ensemble")
 class OutputEnsemble(Method):
     averages_weights = False
 

@@ -4,14 +4,13 @@ validation score and keeps each only if the soup's validation score does not dro
 worse on validation than its best ingredient."""
 from __future__ import annotations
 
-from transferlab.fusion.base import FUSIONS, Candidate, Fused, Method, average
+from transferlab.fusion.base import Candidate, Fused, Method, average
 
 
 def _alone(ingredients, score) -> list[Candidate]:
     return [Candidate(ing.label, score(ing.state), members=[str(ing.dir)]) for ing in ingredients]
 
 
-@FUSIONS.register("uniform_soup")
 class UniformSoup(Method):
     def __call__(self, ingredients, score, cfg) -> Fused:
         candidates = _alone(ingredients, score)
@@ -21,7 +20,6 @@ class UniformSoup(Method):
         return Fused(candidates, len(candidates) - 1, state)
 
 
-@FUSIONS.register("greedy_soup")
 class GreedySoup(Method):
     def __call__(self, ingredients, score, cfg) -> Fused:
         alone = _alone(ingredients, score)

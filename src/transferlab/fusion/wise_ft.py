@@ -5,10 +5,9 @@ model's robustness under distribution shift. α is chosen on validation, never o
 from __future__ import annotations
 
 from transferlab.errors import ConfigError
-from transferlab.fusion.base import FUSIONS, Candidate, Fused, Method, best, interpolate
+from transferlab.fusion.base import Candidate, Fused, Method, best, interpolate
 
 
-@FUSIONS.register("wise_ft")
 class WiseFT(Method):
     def __call__(self, ingredients, score, cfg) -> Fused:
         if len(ingredients) != 2:

@@ -1,14 +1,14 @@
 """Source models: a backbone from a model family (``model.family``), one head per task, source weights.
 
-``models/base.py`` holds the contract and the family registry, one file per family registers itself
-(``models/timm.py``); ``create_model`` is the only place a model is assembled.
+``models/base.py`` holds the contract, one file per family implements it (``models/timm.py``, declared
+by name in ``choices.FAMILIES``); ``create_model`` is the only place a model is assembled.
 """
 from __future__ import annotations
 
 from torch import nn
 
-from transferlab.models import timm as _timm  # noqa: F401 - registers the timm family
-from transferlab.models.base import FAMILIES, Family, TransferModel, create_head
+from transferlab.choices import FAMILIES
+from transferlab.models.base import Family, TransferModel, create_head
 
 __all__ = ["FAMILIES", "Family", "TransferModel", "create_head", "create_model"]
 

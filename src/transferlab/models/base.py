@@ -13,9 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from transferlab.registry import Registry
 
-FAMILIES = Registry("model family", "model.family")
 
 
 class Family:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from transferlab.errors import ConfigError, suggest
-from transferlab.models.base import FAMILIES, Family
+from transferlab.models.base import Family
 
 
 class ImageInputs:
@@ -30,7 +30,6 @@ class ImageInputs:
         return repr(self.transform)
 
 
-@FAMILIES.register("timm")
 class TimmFamily(Family):
     name = "timm"
 

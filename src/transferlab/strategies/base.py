@@ -19,12 +19,10 @@ import logging
 from pytorch_lightning import Callback
 
 from transferlab.errors import ConfigError
-from transferlab.registry import Registry
 
 log = logging.getLogger(__name__)
 
 BN_POLICIES = ("train", "frozen")  # checked with the other config values (config.SCHEMA)
-STRATEGIES = Registry("strategy", "strategy.kind")  # one module per strategy registers its class
 
 
 class Strategy(Callback):

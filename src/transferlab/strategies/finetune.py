@@ -1,7 +1,6 @@
 """Full fine-tuning: every parameter trains (from the source weights, or from scratch without any)."""
-from transferlab.strategies.base import STRATEGIES, Strategy
+from transferlab.strategies.base import Strategy
 
 
-@STRATEGIES.register("finetune")
 class Finetune(Strategy):
     name = "finetune"

@@ -1,10 +1,9 @@
 """Gradual unfreezing (ULMFiT): the head trains alone, then one more stage from the top joins it at
 each milestone epoch (``stages_per_milestone`` at a time) until the whole backbone trains."""
 from transferlab.errors import ConfigError
-from transferlab.strategies.base import STRATEGIES, Strategy
+from transferlab.strategies.base import Strategy
 
 
-@STRATEGIES.register("gradual")
 class Gradual(Strategy):
     name = "gradual"
     needs_stages = True

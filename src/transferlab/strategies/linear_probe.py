@@ -1,8 +1,7 @@
 """Feature extraction: the backbone stays exactly the source model; only the new head trains."""
-from transferlab.strategies.base import STRATEGIES, Strategy
+from transferlab.strategies.base import Strategy
 
 
-@STRATEGIES.register("linear_probe")
 class LinearProbe(Strategy):
     name = "linear_probe"
 

@@ -2,10 +2,9 @@
 backbone at ``backbone_lr_mult`` of the head's learning rate, so the probed head steers the
 features instead of distorting them."""
 from transferlab.errors import ConfigError
-from transferlab.strategies.base import STRATEGIES, Strategy
+from transferlab.strategies.base import Strategy
 
 
-@STRATEGIES.register("lp_ft")
 class LPFT(Strategy):
     name = "lp_ft"
 

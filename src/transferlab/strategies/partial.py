@@ -1,9 +1,8 @@
 """Partial freezing: the first ``freeze_stages`` stages (input side) stay frozen, the rest train."""
 from transferlab.errors import ConfigError
-from transferlab.strategies.base import STRATEGIES, Strategy
+from transferlab.strategies.base import Strategy
 
 
-@STRATEGIES.register("partial")
 class Partial(Strategy):
     name = "partial"
     needs_stages = True
