@@ -152,12 +152,14 @@ class SweepLines(Callback):
 
 
 def _outcome(run_dir: Path, job_return) -> str:
-    """The headline metrics of a finished job, the error of a failed one."""
-    for name in ("metrics.json", "failed.json"):
+    """The headline metrics of a finished job, the error of a failed one, where a pruned trial stopped."""
+    for name in ("metrics.json", "failed.json", "pruned.json"):
         try:
             content = json.loads((run_dir / name).read_text())
         except (OSError, ValueError):
             continue
+        if name == "pruned.json":
+            return f"pruned by Optuna after epoch {content.get('epoch')}"
         return headline(content) if name == "metrics.json" else \
             "failed: " + (str(content.get("error")).splitlines() or [""])[0][:160]
     if job_return.status == JobStatus.FAILED:  # raised past tl-train's own handling: its traceback follows

@@ -47,10 +47,12 @@ def task(cfg: DictConfig) -> float | None:
             sys.exit(143)  # stopped from outside (128 + SIGTERM); last.ckpt is saved, the sweep stops too
         raise
     except Exception as e:
-        if not in_sweep or run.pruned(e):  # a pruned trial goes back to the Optuna sweeper as pruned
+        if not in_sweep:
             raise
         from transferlab import run
 
+        if run.pruned(e):  # a pruned trial goes back to the Optuna sweeper as pruned
+            raise
         run.record_failure(cfg, e)
         log.error("job failed (%s); the sweep goes on, the report lists it as failed", e)
         return None
