@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from transferlab.data import csv, digits, image_folder, synthetic, torchvision_sets  # noqa: F401 - register kinds
+from transferlab.data import synthetic_text, text_files  # noqa: F401 - register the text kinds
 from transferlab.data.base import KINDS, LabeledImages, few_shot, select_classes
 from transferlab.data.corruptions import corruption_from_config
 from transferlab.errors import ConfigError, DataError

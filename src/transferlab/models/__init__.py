@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from transferlab.models import hf as _hf  # noqa: F401 - registers the hf family (transformers imported on use)
 from transferlab.models import timm as _timm  # noqa: F401 - registers the timm family
 from transferlab.models.base import FAMILIES, Family, TransferModel, create_head
 
