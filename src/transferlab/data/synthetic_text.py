@@ -1,7 +1,7 @@
 """Generated sentences with two label columns and a controllable shift between two domains.
 
 Labels: ``topic`` (food, politics, science, sports) and ``sentiment`` (negative, positive). A
-sentence mixes topic words (pseudo-words, 60 per topic), sentiment words and topic-neutral filler in
+sentence mixes topic words (pseudo-words, 32 per topic, 5 per sentence), sentiment words and topic-neutral filler in
 a template. The ``source``
 domain writes like news; the ``target`` domain like short reviews, and with probability ``shift``
 uses a topic or sentiment word of its own instead of a shared one: the same classes, another
@@ -39,7 +39,7 @@ def _words(tag: str, n: int) -> list[str]:
 
 _TAKEN: set[str] = set()
 # class -> (shared words, source-only words, target-only words)
-TOPIC_WORDS = {t: (_words(f"{t}/shared", 40), _words(f"{t}/source", 10), _words(f"{t}/target", 10)) for t in TOPICS}
+TOPIC_WORDS = {t: (_words(f"{t}/shared", 20), _words(f"{t}/source", 6), _words(f"{t}/target", 6)) for t in TOPICS}
 SENTIMENT_WORDS = {
     "positive": ("excellent great wonderful impressive brilliant remarkable superb fine".split(),
                  "promising successful praised acclaimed".split(), "awesome lovely amazing fab".split()),
@@ -48,14 +48,14 @@ SENTIMENT_WORDS = {
 }
 FILLER = "today week city people report year country morning time story night group news".split()
 TEMPLATES = {  # {t}: topic word, {s}: sentiment word, {f}: filler
-    "source": ["the {t} and the {t} were {s} this {f} , the {t} of the {t} said",
-               "officials called the {t} {s} after the {t} met the {t} in the {f}",
-               "a {s} {t} : {t} and {t} drew {t} attention across the {f}",
-               "in the latest {f} the {t} proved {s} for the {t} , {t} and {t}"],
-    "target": ["just tried the {t} with my {t} and {t} , honestly {s} !",
-               "so {s} lol the {t} and {t} this {f} , {t} too",
-               "my {f} review : {t} {s} , {t} and {t} {s}",
-               "would not recommend ... wait the {t} was {s} , {t} {t} too"],
+    "source": ["the {t} and the {t} were {s} this {f} , the {t} of the {t} said {t}",
+               "officials called the {t} {s} after the {t} met the {t} and {t} in the {t} {f}",
+               "a {s} {t} : {t} and {t} drew {t} attention across the {t} {f}",
+               "in the latest {f} the {t} proved {s} for the {t} , {t} , {t} and {t}"],
+    "target": ["just tried the {t} with my {t} and {t} , honestly {s} ! {t} {t}",
+               "so {s} lol the {t} and {t} this {f} , {t} and {t} too",
+               "my {f} review : {t} {s} , {t} and {t} {s} , {t} {t}",
+               "would not recommend ... wait the {t} was {s} , {t} {t} {t} {t} too"],
 }
 
 
