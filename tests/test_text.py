@@ -35,7 +35,6 @@ def test_linear_probe_keeps_every_backbone_tensor_of_the_mlm_source_bit_identica
     after = backbone_state(tmp_path / "checkpoints" / "last.ckpt")
     assert after.keys() == source.keys() and any("encoder.layer.1." in k for k in after)
     assert [k for k in source if not torch.equal(source[k], after[k])] == []
-    head = after_head = json.loads((tmp_path / "metrics.json").read_text())  # noqa: F841
     assert metrics["trainable_params"] == 64 * 4 + 4  # the topic head alone
 
 
@@ -121,7 +120,6 @@ def test_augmentation_is_reproducible_by_seed_and_off_for_evaluation():
 
 def test_cached_text_features_equal_uncached(tmp_path):
     cached = text_run(tmp_path / "cached", "strategy=linear_probe", "strategy.cache_features=true")
-    assert list((tmp_path / "cached" / "features").glob("*")) or True
     plain = text_run(tmp_path / "plain", "strategy=linear_probe", "strategy.cache_features=false")
     for key in ("test/acc", "test/loss", "val/acc_best"):
         assert cached[key] == pytest.approx(plain[key], abs=1e-4), key
@@ -162,7 +160,8 @@ def test_text_files_run_from_csv_and_jsonl(tmp_path, fmt):
             w.writerows([t, names[y]] for t, y in zip(texts, topics))
     else:
         path.write_text("".join(json.dumps({"review": t, "topic": int(y)}) + "\n" for t, y in zip(texts, topics)))
-    result = cli("tl-train", *TEXT, "source=none", "data=text_files", f"data.path={path}", "data.text_column=review",
+    common = [o for o in TEXT if not o.startswith(("data=", "data.num_samples"))]
+    result = cli("tl-train", *common, "source=none", "data=text_files", f"data.path={path}", "data.text_column=review",
                  "data.max_length=32", "trainer.max_epochs=1", f"paths.run_dir={tmp_path / 'run'}", cwd=tmp_path,
                  env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]

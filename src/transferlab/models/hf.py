@@ -98,12 +98,20 @@ class HfFamily(Family):
 
     def encode(self, backbone, inputs):
         fed = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        hidden = backbone(**fed).last_hidden_state
+        training = backbone.training
+        # A frozen backbone is a fixed feature extractor (no dropout inside), as when its features are cached.
+        fixed = training and not any(p.requires_grad for p in backbone.parameters())
+        if fixed:
+            backbone.eval()
+        try:
+            hidden = backbone(**fed).last_hidden_state
+        finally:
+            backbone.train(training)
         if "mlm_positions" in inputs:  # masked-language modelling: the masked tokens' states, flattened
             features = hidden.flatten(0, 1)[inputs["mlm_positions"]]
         else:
             features = POOLING[self.cfg.get("pooling", "cls")](hidden, inputs["attention_mask"])
-        return F.dropout(features, self.cfg.get("drop_rate", 0.0), backbone.training)
+        return F.dropout(features, self.cfg.get("drop_rate", 0.0), training)
 
     def backbone_state(self, backbone, state):
         """A state dict of a task model (``BertForMaskedLM``: ``bert.``...) reduced to the encoder's keys."""
