@@ -2,7 +2,8 @@
 """Measure transferlab's speed in one process; print a table and a JSON blob.
 
 Runs the benchmarks of ``scripts/benchmarks`` (its docstring and each module's say what they
-measure): framework vs plain loop, cached vs uncached linear probe, data loading, GPU models.
+measure): framework vs plain loop, cached vs uncached linear probe, data loading, GPU models, and
+the same framework/plain comparison on a tiny BERT with tokenisation throughput.
 On a CPU it uses a small model and runs in a few minutes (``--quick``: well under a minute). The
 exit code is 0 whatever the figures are (this is a measurement); the JSON holds ``"pass"`` fields.
 
@@ -28,6 +29,7 @@ from benchmarks.loading import bench_loading, loading_share  # noqa: E402
 from benchmarks.overhead import bench_overhead  # noqa: E402
 from benchmarks.probe import bench_probe  # noqa: E402
 from benchmarks.report import print_tables  # noqa: E402
+from benchmarks.text import bench_text  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -65,9 +67,10 @@ def main(argv=None) -> int:
         result["data_loading"]["share_of_training_step_at_0_workers"] = loading_share(
             result["overhead"]["plain_samples_per_s"], result["data_loading"])
         result["gpu"] = bench_gpu(args.quick, tmp)
+        result["text"] = bench_text(tmp, warmup, epochs, reps)
     result["environment"] = dict(common.environment(threads), threads_reason=threads_reason)
     result["seconds"] = round(time.perf_counter() - started, 1)
-    result["pass"] = result["overhead"]["pass"] and result["linear_probe"]["pass"]
+    result["pass"] = result["overhead"]["pass"] and result["linear_probe"]["pass"] and result["text"]["pass"]
 
     print_tables(result)
     text = json.dumps(result, indent=2)

@@ -131,7 +131,7 @@ def bench_overhead(setting: list[str], tmp: Path, warmup: int, epochs: int, reps
     # moment; the median of these paired ratios survives a change of load between repetitions.
     ratio = statistics.median(f["samples_per_s"] / p["samples_per_s"] for f, p in zip(framework, plain))
     return {
-        "setting": {"model": plan.model.name, "data": plan.data.name, "input_size": plan.data.input_size,
+        "setting": {"model": plan.model.name, "data": plan.data.name, "input_size": plan.data.get("input_size"),
                     "batch_size": plan.data.batch_size, "num_workers": plan.data.num_workers,
                     "optimizer": plan.optimizer.name, "scheduler": plan.scheduler.name,
                     "precision": str(plan.trainer.precision), "augment": bool(plan.data.augment.enabled),

@@ -62,4 +62,12 @@ def print_tables(result: dict) -> None:
                       f"{row['images_per_s']:.0f} img/s, {row['achieved_tflops']:.0f} TFLOP/s, {frac}", "", "")
     else:
         t.add_row("GPU", "no GPU", "", "")
+    x = result.get("text")
+    if x:
+        t.add_row(f"text: training samples/s, tl-train / plain loop\n  tiny_bert, synthetic_text, batch "
+                  f"{x['setting']['batch_size']}, tokenised per batch", f"{x['framework_samples_per_s']:.1f} / "
+                  f"{x['plain_samples_per_s']:.1f}", "", "")
+        t.add_row("  text framework / plain", f"{x['ratio']:.3f}", f">= {x['target']}", ok[x["pass"]])
+        t.add_row("  tokenisation alone: texts/s (share of a plain training step)",
+                  f"{x['tokenisation']['texts_per_s']:.0f} ({100 * x['tokenisation_share_of_plain_step']:.1f}%)", "", "")
     console.print(t)

@@ -12,11 +12,14 @@ from transferlab.registry import Registry
 
 FAMILIES = Registry("model family", "model.family")  # model.family -> a Family subclass (models/base.py)
 FAMILIES.register("timm", "transferlab.models.timm:TimmFamily")
+FAMILIES.register("hf", "transferlab.models.hf:HfFamily")  # Hugging Face transformers (text)
 
 KINDS = Registry("data kind", "data.kind")  # data.kind -> create(cfg) -> {split: LabeledImages} (data/base.py)
 for _kind in ("digits", "synthetic", "image_folder", "csv"):
     KINDS.register(_kind, f"transferlab.data.{_kind}:create")
 KINDS.register("torchvision", "transferlab.data.torchvision_sets:create")
+for _kind in ("text_files", "synthetic_text"):  # text (data/text.py)
+    KINDS.register(_kind, f"transferlab.data.{_kind}:create")
 
 _STRATEGY = ("bn", "cache_features", "name")  # what every Strategy takes (strategies/base.py)
 STRATEGIES = Registry("strategy", "strategy.kind")  # strategy.kind -> a Strategy subclass

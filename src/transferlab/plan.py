@@ -214,8 +214,11 @@ def _add_source_task(cfg: DictConfig) -> None:
     if cfg.tasks.get("source") is not None:
         raise ConfigError("task 'source' is declared, but multitask.source_task=true adds the source task under that "
                           "name; rename your task or set multitask.source_task=false")
-    source_data = to_plain(compose_config(list(cfg.source.overrides)).data)
-    set_value(cfg, "tasks.source", {"label": "label", "num_classes": None, "data": source_data,
+    source = compose_config(list(cfg.source.overrides))
+    set_value(source, "model", cfg.model)  # its data may read the model (task=mlm: the vocabulary size)
+    source_data = to_plain(source.data)
+    label = OmegaConf.select(source, "tasks.main.label", default="label")  # e.g. token for an MLM source
+    set_value(cfg, "tasks.source", {"label": label, "num_classes": None, "data": source_data,
                                     "weight": cfg.multitask.source_weight})
     set_value(cfg, "multitask.source_task", False)
     set_value(cfg, "source.overrides", [])

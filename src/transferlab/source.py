@@ -51,8 +51,9 @@ def prepare_source(cfg, train_fn) -> str | None:
     """The checkpoint to start from: the cached source run's best, trained now if it is missing."""
     if not cfg.get("source") or not cfg.source.get("overrides"):
         return None
-    if cfg.model.get("checkpoint") or cfg.model.get("pretrained"):
-        log.info("source run skipped: weights come from %s", cfg.model.checkpoint or "the hub (pretrained=true)")
+    if cfg.model.get("checkpoint") or cfg.model.get("pretrained") or cfg.model.get("path"):
+        log.info("source run skipped: weights come from %s", cfg.model.get("checkpoint") or cfg.model.get("path")
+                 or "the hub (pretrained=true)")
         return None
     src, run_dir = source_config(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,8 @@ from transferlab.errors import ConfigError, DataError
 
 class Transformed(Dataset):
     def __init__(self, base, transform):
-        self.base, self.transform = base, transform
+        # ``bind``: a transform that depends on its dataset (text augmentation draws words from it)
+        self.base, self.transform = base, transform.bind(base) if hasattr(transform, "bind") else transform
 
     def __len__(self):
         return len(self.base)
@@ -121,7 +122,8 @@ class TransferDataModule(LightningDataModule):
         c = self.loader_cfg
         workers = c.num_workers
         pin = torch.cuda.is_available() if c.get("pin_memory") is None else c.pin_memory
-        dataset, collate = self.datasets[(stream, split)], None
+        dataset = self.datasets[(stream, split)]
+        collate = getattr(getattr(dataset, "transform", None), "collate", None)  # text: tokenise + pad per batch
         if self.features_from is not None:
             if not isinstance(dataset, FeatureSet):
                 store = self.store_dir and Path(self.store_dir) / f"{stream.replace(':', '_')}_{split}.npy"
@@ -154,7 +156,8 @@ class TransferDataModule(LightningDataModule):
         (e.g. to recompute BatchNorm statistics of fused weights on training images)."""
         dataset = Transformed(self.streams[stream]["splits"][split], self.transform(self.streams[stream]["cfg"], False))
         batches = NoLoneBatches(SequentialSampler(dataset), self.loader_cfg.batch_size, False)  # BatchNorm trains
-        return DataLoader(dataset, batch_sampler=batches, num_workers=self.loader_cfg.num_workers)
+        return DataLoader(dataset, batch_sampler=batches, num_workers=self.loader_cfg.num_workers,
+                          collate_fn=getattr(dataset.transform, "collate", None))
 
     def train_dataloader(self):
         return CombinedLoader({name: self._loader(name, "train") for name in self.streams}, mode=self.mode)

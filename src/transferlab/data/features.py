@@ -178,7 +178,8 @@ def _extract(backbone, encode, dataset, batch_size, num_workers, store, max_memo
     weight = next(backbone.parameters())
     was_training = backbone.training
     backbone.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=getattr(getattr(dataset, "transform", None), "collate", None))
     features, labels, start = None, {}, 0
     for inputs, y in loader:
         inputs = {k: v.to(weight.device, dtype=weight.dtype if v.is_floating_point() else v.dtype, non_blocking=True)

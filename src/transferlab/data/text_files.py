@@ -1,0 +1,122 @@
+"""Labelled texts from files: csv, tsv, jsonl or parquet; one file split by fractions, or one file per split.
+
+Labels may be strings or integers (class names are kept as written); ``data.classes``, when given,
+is the label set of the (single) label column: a value outside it is an error naming its row.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from transferlab.data.base import SPLITS, split_three_ways
+from transferlab.data.text import LabeledTexts, as_corpus, check_texts, label_classes
+from transferlab.errors import ConfigError, DataError
+
+FORMATS = ("csv", "tsv", "jsonl", "parquet")
+
+
+def read_rows(path: Path, fmt: str | None = None) -> tuple[list[dict], list[str]]:
+    """Rows as dicts and where each came from (``file:line``), with a clear error for unreadable files."""
+    fmt = fmt or {".json": "jsonl", ".ndjson": "jsonl"}.get(path.suffix.lower(), path.suffix.lower().lstrip("."))
+    if fmt not in FORMATS:
+        raise DataError(f"data file '{path}' has format '{fmt}', which text_files cannot read; valid: "
+                        f"{', '.join(FORMATS)} (by extension, or data.format=...)")
+    if not path.is_file():
+        raise DataError(f"data file '{path}' does not exist")
+    if fmt == "parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise DataError(f"reading '{path}' needs pyarrow (pip install pyarrow), or convert it to csv/jsonl") from None
+        rows = pq.read_table(path).to_pylist()
+        origin = [f"{path}: row {i + 1}" for i in range(len(rows))]
+    else:
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = raw[:e.start].count(b"\n") + 1
+            raise DataError(f"data file '{path}' is not UTF-8 text: line {line} has the byte 0x{raw[e.start]:02x}; "
+                            f"re-save it as UTF-8") from None
+        if fmt == "jsonl":
+            rows, origin = [], []
+            for n, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path}: line {n} is not JSON ({e.msg})") from None
+                    if not isinstance(row, dict):
+                        raise DataError(f"{path}: line {n} is not a JSON object")
+                    rows.append(row)
+                    origin.append(f"{path}: line {n}")
+        else:
+            reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if fmt == "tsv" else ",")
+            rows, origin = [], []
+            for row in reader:
+                rows.append(row)
+                origin.append(f"{path}: line {reader.line_num}")
+    if not rows:
+        raise DataError(f"data file '{path}' is empty: it holds no rows")
+    return rows, origin
+
+
+def _load(path: Path, cfg) -> LabeledTexts:
+    rows, origin = read_rows(path, cfg.get("format"))
+    columns = list(dict.fromkeys(k for r in rows[:100] for k in r))
+    used = [cfg.text_column] + ([cfg.text_pair_column] if cfg.get("text_pair_column") else [])
+    for key, col in zip(("text_column", "text_pair_column"), used):
+        if col not in columns:
+            raise DataError(f"data.{key}='{col}' is not a column of '{path}'; its columns: {', '.join(columns)}")
+    labels = list(cfg.label_columns or [c for c in columns if c not in used])
+    missing = [c for c in labels if c not in columns]
+    if missing or not labels:
+        raise DataError(f"label column(s) {missing or '(none)'} not in '{path}'; its columns: {', '.join(columns)} "
+                        f"(data.label_columns=[...])")
+    texts = [r.get(cfg.text_column) for r in rows]
+    check_texts(texts, origin, cfg.text_column)
+    pairs = None
+    if cfg.get("text_pair_column"):
+        pairs = [r.get(cfg.text_pair_column) for r in rows]
+        check_texts(pairs, origin, cfg.text_pair_column)
+    values = {c: ["" if r.get(c) is None else str(r.get(c)) for r in rows] for c in labels}
+    declared = cfg.get("classes") if len(labels) == 1 else None
+    classes = {c: label_classes(v, declared) for c, v in values.items()}
+    targets = {}
+    for c, v in values.items():
+        index = {name: i for i, name in enumerate(classes[c])}
+        bad = next((i for i, x in enumerate(v) if x not in index), None)
+        if bad is not None:
+            raise DataError(f"{origin[bad]}: label '{v[bad]}' in column '{c}' is not one of data.classes "
+                            f"({', '.join(classes[c])}); fix the row or add the class")
+        targets[c] = [index[x] for x in v]
+    return LabeledTexts(texts, targets, classes, pairs, origin)
+
+
+def create(cfg) -> dict[str, LabeledTexts]:
+    if cfg.get("path"):
+        ds = _load(Path(str(cfg.path)).expanduser(), cfg)
+        column = next(iter(ds.classes))
+        splits = split_three_ways(ds, column, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    elif cfg.get("train"):
+        given = {s: _load(Path(str(cfg[s])).expanduser(), cfg) for s in SPLITS if cfg.get(s)}
+        names = {s: ds.classes for s, ds in given.items()}
+        if len({json.dumps(c, sort_keys=True) for c in names.values()}) > 1:
+            raise DataError(f"the split files have different classes: {names}; set data.classes=[...] to fix one "
+                            f"label set")
+        splits = dict(given)
+        missing = [s for s in ("val", "test") if s not in given]
+        if missing:  # carved from train, stratified, fixed by split_seed
+            column = next(iter(given["train"].classes))
+            fractions = {"val": cfg.val_fraction if "val" in missing else 0,
+                         "test": cfg.test_fraction if "test" in missing else 0}
+            carved = split_three_ways(given["train"], column, fractions["val"], fractions["test"], cfg.split_seed)
+            splits.update({s: carved[s] for s in ["train", *missing]})
+    else:
+        raise ConfigError("data=text_files needs data.path=/path/to/file (split by fractions) or "
+                          "data.train=... [data.val=... data.test=...] (one file per split)")
+    return as_corpus(splits, cfg)

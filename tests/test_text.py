@@ -1,0 +1,171 @@
+"""Text transfer (model.family=hf): tiny config-built BERTs with tokenizers trained here, judged by
+what their parameters, batches and metrics did in real runs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import cli, compose, train
+from pytorch_lightning import Callback
+from test_strategies import StageWatcher, backbone_state, source_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# A small corpus for the tokenizer, a small target set, a one-epoch MLM source run: every test shares
+# the tokenizer and the source run through the session's cache.
+CORPUS = "model.tokenizer.train_on=['data=synthetic_text','data.domain=source','data.num_samples=400']"
+MLM_SOURCE = ("source.overrides=['data=synthetic_text','data.domain=source','data.num_samples=400','task=mlm',"
+              "'source=none','strategy=finetune','logger=csv','trainer.max_epochs=1','trainer.enable_progress_bar=false']")
+TEXT = ["model=tiny_bert", CORPUS, "data=synthetic_text", "data.num_samples=160", "data.batch_size=16",
+        "tasks.main.label=topic", "logger=csv", "trainer.enable_progress_bar=false", "trainer.max_epochs=2"]
+SOURCE = [*TEXT, MLM_SOURCE]
+
+
+def text_run(tmp_path, *overrides, callbacks=()):
+    from transferlab import run
+
+    run.train(compose(*SOURCE, *overrides, run_dir=tmp_path), callbacks=list(callbacks))
+    return json.loads((tmp_path / "metrics.json").read_text())
+
+
+def test_linear_probe_keeps_every_backbone_tensor_of_the_mlm_source_bit_identical(tmp_path):
+    metrics = text_run(tmp_path, "strategy=linear_probe")
+    source = backbone_state(source_checkpoint(tmp_path))
+    after = backbone_state(tmp_path / "checkpoints" / "last.ckpt")
+    assert after.keys() == source.keys() and any("encoder.layer.1." in k for k in after)
+    assert [k for k in source if not torch.equal(source[k], after[k])] == []
+    assert metrics["trainable_params"] == 64 * 4 + 4  # the topic head alone
+
+
+def test_partial_and_gradual_freeze_the_right_encoder_layers(tmp_path):
+    partial = StageWatcher()
+    text_run(tmp_path / "partial", "strategy=partial", "strategy.freeze_stages=2", callbacks=[partial])
+    assert partial.changed == [{2}, {2}]  # embeddings (0) and layer 0 (1) frozen, layer 1 (2) trains
+    gradual = StageWatcher()
+    text_run(tmp_path / "gradual", "strategy=gradual", "strategy.milestones=[1,2]", "trainer.max_epochs=3",
+             callbacks=[gradual])
+    assert gradual.changed == [set(), {2}, {1, 2}]
+    lp_ft = StageWatcher()
+    text_run(tmp_path / "lp_ft", "strategy=lp_ft", "strategy.lp_epochs=1", callbacks=[lp_ft])
+    assert lp_ft.changed == [set(), {0, 1, 2}]
+
+
+def test_num_stages_groups_encoder_layers_and_layer_decay_is_per_layer_after_the_scheduler_steps(tmp_path):
+    from transferlab.models import create_model
+    from transferlab.optim import create_optimizer, create_scheduler
+    from transferlab.tasks import Task
+
+    cfg = compose(*TEXT, "model.config.num_hidden_layers=4", "model.num_stages=3", "optimizer.layer_decay=0.5",
+                  "optimizer.head_lr_mult=4.0")
+    model = create_model(cfg.model, [Task("main", 4)])
+    layer_of_block = {int(n.split(".")[2]): s for n, s in model.stage_of.items() if n.startswith("encoder.layer.")}
+    assert layer_of_block == {0: 1, 1: 1, 2: 2, 3: 2} and model.stage_of["embeddings.word_embeddings.weight"] == 0
+    assert model.num_layers == 5  # embeddings + 4 layers
+    opt = create_optimizer(model, cfg.optimizer)
+    sched = create_scheduler(opt, cfg.scheduler, total_steps=20, steps_per_epoch=4)["scheduler"]
+    for _ in range(7):
+        opt.step()
+        sched.step()
+    head_lr = next(g["lr"] for g in opt.param_groups if g["name"].startswith("heads"))
+    for g in opt.param_groups:
+        if g["name"].startswith("backbone"):
+            layer = int(g["name"].split(".")[2].removeprefix("layer"))
+            assert g["lr"] == pytest.approx(head_lr / 4.0 * 0.5 ** (5 - layer), rel=1e-6), g["name"]
+
+
+class Widths(Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        inputs, labels = batch["data"]
+        self.seen.append((inputs["input_ids"].shape[1], int(inputs["attention_mask"].sum(1).max())))
+
+
+def test_batches_are_padded_to_their_longest_item_not_max_length(tmp_path):
+    widths = Widths()
+    text_run(tmp_path, "data.max_length=128", "source=none", callbacks=[widths])
+    assert widths.seen and all(width == longest for width, longest in widths.seen)
+    assert max(w for w, _ in widths.seen) < 128
+    assert len({w for w, _ in widths.seen}) > 1  # batches differ in width
+
+
+def _inputs(train: bool, *overrides):
+    from transferlab.data import create_splits
+    from transferlab.models.hf import HfFamily
+
+    cfg = compose(*TEXT, "data.augment.enabled=true", *overrides)
+    family = HfFamily(cfg.model)
+    splits = create_splits(cfg.data, "topic")
+    prep = family.preprocessing(family.create_backbone())
+    return family.create_transform(prep, cfg.data, train).bind(splits["train"]), splits["train"]
+
+
+def test_augmentation_is_reproducible_by_seed_and_off_for_evaluation():
+    train_tf, ds = _inputs(True)
+    texts = [ds[i][0] for i in range(20)]
+    torch.manual_seed(3)
+    first = [train_tf(t) for t in texts]
+    torch.manual_seed(3)
+    assert [train_tf(t) for t in texts] == first
+    assert sum(a != b for a, b in zip(first, texts)) >= 15  # every operation at alpha=0.1 changes most texts
+    words = set(ds.vocabulary())
+    assert all(w in words for text in first for w in text.split())  # insertions/replacements: training words
+    eval_tf, _ = _inputs(False)
+    assert [eval_tf(t) for t in texts] == texts
+    off, _ = _inputs(True, "data.augment.enabled=false")
+    assert [off(t) for t in texts] == texts
+
+
+def test_cached_text_features_equal_uncached(tmp_path):
+    cached = text_run(tmp_path / "cached", "strategy=linear_probe", "strategy.cache_features=true")
+    plain = text_run(tmp_path / "plain", "strategy=linear_probe", "strategy.cache_features=false")
+    for key in ("test/acc", "test/loss", "val/acc_best"):
+        assert cached[key] == pytest.approx(plain[key], abs=1e-4), key
+    from transferlab.checkpoints import read_checkpoint
+
+    heads = [read_checkpoint(tmp_path / r / "checkpoints" / "last.ckpt")["state_dict"]["model.heads.main.1.weight"]
+             for r in ("cached", "plain")]
+    torch.testing.assert_close(heads[0], heads[1], atol=1e-4, rtol=1e-4)
+
+
+def test_feature_cache_key_names_the_tokenizer_and_max_length():
+    a, _ = _inputs(False)
+    b, _ = _inputs(False, "data.max_length=16")
+    assert "max_length=32" in repr(a) and "max_length=16" in repr(b) and a.tokenizer_digest in repr(a)
+
+
+def test_multitask_text_two_label_columns_and_text_plus_mlm_source(tmp_path):
+    two = text_run(tmp_path / "two", "source=none", "tasks.main=null", "+tasks.topic.label=topic",
+                   "+tasks.sentiment.label=sentiment")
+    assert {"test/topic/acc", "test/sentiment/acc"} <= set(two)
+    joint = text_run(tmp_path / "joint", "strategy=multitask", "multitask.sampling=min_size")
+    assert {"test/main/acc", "test/source/acc"} <= set(joint)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_text_files_run_from_csv_and_jsonl(tmp_path, fmt):
+    from transferlab.data.synthetic_text import generate
+
+    texts, topics, _ = generate(120, "target", 0.5, 0)
+    names = ["food", "politics", "science", "sports"]
+    path = tmp_path / f"reviews.{fmt}"
+    if fmt == "csv":
+        import csv
+
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["review", "topic"])
+            w.writerows([t, names[y]] for t, y in zip(texts, topics))
+    else:
+        path.write_text("".join(json.dumps({"review": t, "topic": int(y)}) + "\n" for t, y in zip(texts, topics)))
+    common = [o for o in TEXT if not o.startswith(("data=", "data.num_samples"))]
+    result = cli("tl-train", *common, "source=none", "data=text_files", f"data.path={path}", "data.text_column=review",
+                 "data.max_length=32", "trainer.max_epochs=1", f"paths.run_dir={tmp_path / 'run'}", cwd=tmp_path,
+                 env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert 0 <= metrics["test/acc"] <= 1 and metrics["data"] == "text_files"
+    saved = json.loads(json.dumps(__import__("yaml").safe_load((tmp_path / "run" / "config.yaml").read_text())))
+    assert saved["data"]["text_column"] == "review"
