@@ -76,6 +76,7 @@ def as_corpus(splits: dict[str, LabeledTexts], cfg) -> dict[str, LabeledTexts]:
         view = ds.subset(np.arange(len(ds)))
         view.targets = {MLM_COLUMN: np.zeros(len(ds.targets[next(iter(ds.targets))]), dtype=np.int64)}
         view.classes = {MLM_COLUMN: [str(i) for i in range(vocab)]}
+        view.labels_per_batch = {MLM_COLUMN}
         out[name] = view
     return out
 
