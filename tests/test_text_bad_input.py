@@ -29,7 +29,8 @@ CASES = {  # name -> (overrides replacing/adding to BASE, words stderr must cont
                                                                           "data.classes"]),
     "max_length_zero": (["data.max_length=0"], ["data.max_length=0", "1..128"]),
     "max_length_above_model": (["data.max_length=512"], ["data.max_length=512", "1..128"]),
-    "tokenizer_vocab_mismatch": (["model.config.vocab_size=64"], ["tokens but the model's vocabulary has 64"]),
+    "tokenizer_vocab_mismatch": (["model.config.vocab_size=64", "model.tokenizer.vocab_size=1024"],
+                                 ["tokens but the model's vocabulary has 64"]),
     "image_setting_for_text": (["+model.channels_last=true"], ["model.channels_last", "text models"]),
     "image_data_for_text_model": (["data=digits"], ["data.kind=digits", "not a text dataset"]),
 }
