@@ -2,8 +2,8 @@
 
 The exactness argument of tests/test_distributed.py, for text: the 32 few-shot training sentences
 are one global batch per step (1 x 32 = 2 ranks x 16); augmentation and dropout are off (each rank
-draws its own random numbers); val and test have 40 sentences each (data.num_samples=196 ; even: the DistributedSampler pads no sample). Dynamic
-padding differs between the ranks' half batches and the whole batch, but padded positions are masked
+draws its own random numbers); val and test have 40 sentences each (data.num_samples=196; an even
+count, so the DistributedSampler pads no sample). Dynamic padding differs between the ranks' half batches and the whole batch, but padded positions are masked
 out of attention and pooling, so only float summation order differs. LP-FT with one probing epoch
 (the backbone starts receiving gradients mid-run) is the DDP trap checked.
 """
