@@ -144,28 +144,34 @@ def test_multitask_text_two_label_columns_and_text_plus_mlm_source(tmp_path):
     assert {"test/main/acc", "test/source/acc"} <= set(joint)
 
 
-@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
-def test_text_files_run_from_csv_and_jsonl(tmp_path, fmt):
+def test_text_files_run_from_csv_and_jsonl(tmp_path):
+    """Both formats as a user runs them, the two tl-train processes side by side (each mostly start-up)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from transferlab.data.synthetic_text import generate
 
     texts, topics, _ = generate(120, "target", 0.5, 0)
     names = ["food", "politics", "science", "sports"]
-    path = tmp_path / f"reviews.{fmt}"
-    if fmt == "csv":
-        import csv
+    import csv
 
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["review", "topic"])
-            w.writerows([t, names[y]] for t, y in zip(texts, topics))
-    else:
-        path.write_text("".join(json.dumps({"review": t, "topic": int(y)}) + "\n" for t, y in zip(texts, topics)))
+    with open(tmp_path / "reviews.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["review", "topic"])
+        w.writerows([t, names[y]] for t, y in zip(texts, topics))
+    (tmp_path / "reviews.jsonl").write_text("".join(json.dumps({"review": t, "topic": int(y)}) + "\n"
+                                                    for t, y in zip(texts, topics)))
     common = [o for o in TEXT if not o.startswith(("data=", "data.num_samples"))]
-    result = cli("tl-train", *common, "source=none", "data=text_files", f"data.path={path}", "data.text_column=review",
-                 "data.max_length=32", "trainer.max_epochs=1", f"paths.run_dir={tmp_path / 'run'}", cwd=tmp_path,
-                 env={"OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-2000:]
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert 0 <= metrics["test/acc"] <= 1 and metrics["data"] == "text_files"
-    saved = json.loads(json.dumps(__import__("yaml").safe_load((tmp_path / "run" / "config.yaml").read_text())))
-    assert saved["data"]["text_column"] == "review"
+
+    def run(fmt):
+        return cli("tl-train", *common, "source=none", "data=text_files", f"data.path={tmp_path / f'reviews.{fmt}'}",
+                   "data.text_column=review", "data.max_length=32", "trainer.max_epochs=1",
+                   f"paths.run_dir={tmp_path / fmt}", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+
+    with ThreadPoolExecutor(2) as pool:
+        results = dict(zip(("csv", "jsonl"), pool.map(run, ("csv", "jsonl"))))
+    for fmt, result in results.items():
+        assert result.returncode == 0, (fmt, result.stderr[-2000:])
+        metrics = json.loads((tmp_path / fmt / "metrics.json").read_text())
+        assert 0 <= metrics["test/acc"] <= 1 and metrics["data"] == "text_files"
+        saved = __import__("yaml").safe_load((tmp_path / fmt / "config.yaml").read_text())
+        assert saved["data"]["text_column"] == "review" and saved["data"]["path"].endswith(f"reviews.{fmt}")
