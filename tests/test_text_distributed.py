@@ -3,8 +3,9 @@
 The exactness argument of tests/test_distributed.py, for text: the 32 few-shot training sentences
 are one global batch per step (1 x 32 = 2 ranks x 16); augmentation and dropout are off (each rank
 draws its own random numbers); val and test have 40 sentences each (data.num_samples=196; an even
-count, so the DistributedSampler pads no sample). Dynamic padding differs between the ranks' half batches and the whole batch, but padded positions are masked
-out of attention and pooling, so only float summation order differs. LP-FT with one probing epoch
+count, so the DistributedSampler pads no sample). Dynamic padding differs between the ranks' half
+batches and the whole batch, but padded positions are masked out of attention and pooling, so only
+float summation order differs. LP-FT with one probing epoch
 (the backbone starts receiving gradients mid-run) is the DDP trap checked.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ WORLD, TRAIN_TEXTS, EPOCHS = 2, 32, 2
 
 def overrides(*extra, batch_size):
     return ["model=tiny_bert", "model.tokenizer.train_on=['data=synthetic_text','data.domain=source',"
-            "'data.num_samples=200']", "++model.config.hidden_dropout_prob=0.0",
+            "'data.num_samples=300']", "++model.config.hidden_dropout_prob=0.0",
             "++model.config.attention_probs_dropout_prob=0.0", "data=synthetic_text", "data.num_samples=196",
             "data.train_per_class=8", f"data.batch_size={batch_size}", "data.augment.enabled=false",
             "tasks.main.label=topic", "source=none", "strategy=lp_ft", "strategy.lp_epochs=1", "logger=csv",
@@ -29,10 +30,11 @@ def overrides(*extra, batch_size):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("text_ddp")
-    # the single process first: it trains the tokenizer into the shared cache the ranks then read
-    tl_train(*overrides("trainer=cpu", batch_size=TRAIN_TEXTS), f"hydra.run.dir={cwd / 'single'}", cwd=cwd)
+    # DDP first: both ranks need the tokenizer, which no run has trained yet (a corpus of its own); the
+    # trainer is not deterministic between processes, so they and the single process must share one file
     tl_train(*overrides("trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={WORLD}",
                         batch_size=TRAIN_TEXTS // WORLD), f"hydra.run.dir={cwd / 'ddp'}", cwd=cwd, env=clean_env())
+    tl_train(*overrides("trainer=cpu", batch_size=TRAIN_TEXTS), f"hydra.run.dir={cwd / 'single'}", cwd=cwd)
     return cwd / "single", cwd / "ddp"
 
 

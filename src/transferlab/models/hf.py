@@ -10,6 +10,7 @@ layer. ``transformers`` is imported only when a text model is built.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -255,21 +256,28 @@ def trained_tokenizer(spec):
                       "lowercase": spec.get("lowercase", True)}, sort_keys=True)
     folder = Path(str(spec.cache_dir)).expanduser() / hashlib.sha256(key.encode()).hexdigest()[:12]
     file = folder / "tokenizer.json"
-    if not file.is_file():
-        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    folder.mkdir(parents=True, exist_ok=True)
+    # One training per cache, under a lock: `tokenizers`' trainer is not deterministic between processes
+    # (ties break by hash order), so DDP ranks and parallel jobs must all read the one file written first.
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not file.is_file():
+            from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 
-        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=spec.get("lowercase", True))
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=spec.vocab_size, special_tokens=SPECIAL))
-        cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-        tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".tokenizer.{os.getpid()}.json"
-        tok.save(str(tmp))
-        os.replace(tmp, file)  # atomic: concurrent jobs never read half a file
-        log.info("trained a %d-token WordPiece tokenizer on %d texts into %s", tok.get_vocab_size(), len(texts), file)
+            tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+            tok.normalizer = normalizers.BertNormalizer(lowercase=spec.get("lowercase", True))
+            tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+            tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=spec.vocab_size,
+                                                                     special_tokens=SPECIAL))
+            cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+            tok.post_processor = processors.TemplateProcessing(
+                single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+            tmp = folder / f".tokenizer.{os.getpid()}.json"
+            tok.save(str(tmp))
+            os.replace(tmp, file)  # atomic: concurrent jobs never read half a file
+            log.info("trained a %d-token WordPiece tokenizer on %d texts into %s", tok.get_vocab_size(), len(texts),
+                     file)
     return _wrap(PreTrainedTokenizerFast(tokenizer_file=str(file)))
 
 
