@@ -30,8 +30,8 @@ def overrides(*extra, batch_size):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("text_ddp")
-    # DDP first: both ranks need the tokenizer, which no run has trained yet (a corpus of its own); the
-    # trainer is not deterministic between processes, so they and the single process must share one file
+    # DDP first, so the distributed run is the one that trains the tokenizer (a corpus no other test uses):
+    # the trainer differs between processes, so every rank and the single process must read one file
     tl_train(*overrides("trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={WORLD}",
                         batch_size=TRAIN_TEXTS // WORLD), f"hydra.run.dir={cwd / 'ddp'}", cwd=cwd, env=clean_env())
     tl_train(*overrides("trainer=cpu", batch_size=TRAIN_TEXTS), f"hydra.run.dir={cwd / 'single'}", cwd=cwd)
