@@ -14,11 +14,11 @@ from conftest import cli
 
 pytestmark = pytest.mark.slow
 
-BASE = ["model=tiny_bert", "model.tokenizer.train_on=['data=synthetic_text','data.domain=source','data.num_samples=200']",
-        "source=none", "logger=csv", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+BASE = ["model=tiny_bert",
+        "model.tokenizer.train_on=['data=synthetic_text','data.domain=source','data.num_samples=200']", "source=none", "logger=csv", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
         "data=text_files", "data.path={f}/good.csv", "data.text_column=review", "tasks.main.label=topic"]
 
-CASES = {  # name -> (overrides replacing/adding to BASE, words stderr must contain)
+CASES = {  # name -> (overrides after BASE (a data= one drops its data keys), words stderr must contain)
     "unknown_model_name": (["model=bert_base", "model.name=bert-bas-uncased", "model.tokenizer.train_on=null"],
                            ["bert-bas-uncased", "did you mean", "bert-base-uncased"]),
     "text_column_missing": (["data.text_column=body"], ["data.text_column='body'", "review, topic"]),
@@ -32,7 +32,8 @@ CASES = {  # name -> (overrides replacing/adding to BASE, words stderr must cont
     "tokenizer_vocab_mismatch": (["model.config.vocab_size=64", "model.tokenizer.vocab_size=1024"],
                                  ["tokens but the model's vocabulary has 64"]),
     "image_setting_for_text": (["+model.channels_last=true"], ["model.channels_last", "text models"]),
-    "image_data_for_text_model": (["data=digits"], ["data.kind=digits", "not a text dataset"]),
+    "image_data_for_text_model": (["data=digits", "tasks.main.label=label"],
+                                  ["data.kind=digits", "not a text dataset"]),
 }
 
 
@@ -55,7 +56,9 @@ def results(tmp_path_factory):
 
     def run(name):
         overrides, _ = CASES[name]
-        args = [a.format(f=f) for a in BASE + overrides] + [f"paths.run_dir={f / name}"]
+        other_data = any(o.startswith("data=") for o in overrides)  # then BASE's text_files keys do not apply
+        base = [a for a in BASE if not (other_data and a.startswith(("data=", "data.")))]
+        args = [a.format(f=f) for a in base + overrides] + [f"paths.run_dir={f / name}"]
         return cli("tl-train", *args, cwd=f, env={"OMP_NUM_THREADS": "1"}, timeout=300)
 
     with ThreadPoolExecutor(2) as pool:
