@@ -15,7 +15,8 @@ from conftest import cli
 pytestmark = pytest.mark.slow
 
 BASE = ["model=tiny_bert",
-        "model.tokenizer.train_on=['data=synthetic_text','data.domain=source','data.num_samples=200']", "source=none", "logger=csv", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+        "model.tokenizer.train_on=['data=synthetic_text','data.domain=source','data.num_samples=200']",
+        "source=none", "logger=csv", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
         "data=text_files", "data.path={f}/good.csv", "data.text_column=review", "tasks.main.label=topic"]
 
 CASES = {  # name -> (overrides after BASE (a data= one drops its data keys), words stderr must contain)
