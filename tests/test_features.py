@@ -153,6 +153,6 @@ def test_a_full_disk_under_the_feature_cache_leaves_features_with_the_run(tmp_pa
         subprocess.run(["umount", str(full)], check=True)
     plain = _probe(tmp_path / "plain", "null")
     assert metrics["test/acc"] == pytest.approx(plain["test/acc"], abs=0.005)
-    assert any("cannot write to the feature cache" in r.getMessage() and "No space left" in r.getMessage()
-               for r in caplog.records)
+    assert any("cannot write to the feature cache" in r.getMessage() and str(full) in r.getMessage()
+               for r in caplog.records)  # numpy's short write: "... requested and ... written"
     assert leftovers == []

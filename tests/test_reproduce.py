@@ -169,8 +169,8 @@ def test_resume_continues_the_killed_run_in_its_own_directory(resumed):
     result, run_dir = resumed["result"], resumed["dir"]
     assert result.returncode == 0, result.stderr[-3000:]
     assert resumed["killed_epoch"] < 7  # killed with epochs left to train
-    output = result.stdout + result.stderr
-    assert f"Restored all states from the checkpoint at {run_dir / 'checkpoints' / 'last.ckpt'}" in output
+    log = (run_dir / "train.log").read_text()  # Lightning's own messages go to the run's log, not the console
+    assert f"Restored all states from the checkpoint at {run_dir / 'checkpoints' / 'last.ckpt'}" in log
     assert run_dirs(resumed["out"]) == [run_dir]  # no second run directory
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 8 and set(COMPARED) <= metrics.keys()

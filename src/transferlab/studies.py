@@ -4,6 +4,8 @@ study from its storage URL, so nothing is handed over in memory.
 """
 from __future__ import annotations
 
+import fcntl
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -29,14 +31,28 @@ def absolute(url: str) -> str:
 
 
 def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None):
-    """SQLite waits up to a minute for a lock instead of failing while other processes write."""
+    """SQLite waits up to a minute for a lock instead of failing while other processes write, and two
+    processes opening a new SQLite file take turns: creating the schema at once, one of them fails."""
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
-                                          grace_period=grace_period)
+        with _file_lock(Path(f"{path}.lock") if path and path != ":memory:" else None):
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
+                                              grace_period=grace_period)
     except Exception as e:  # noqa: BLE001 - SQLAlchemy's URL, driver and connection errors
         raise ConfigError(f"hydra.sweeper.storage={url} cannot be opened ({type(e).__name__}: "
                           f"{str(e).splitlines()[0]}); give a database URL such as sqlite:///study.db") from None
+
+
+@contextmanager
+def _file_lock(path: Path | None):
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def create_pruner(spec: dict | None) -> optuna.pruners.BasePruner:
