@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -151,3 +152,15 @@ def select_classes(ds: LabeledImages, column: str, classes: list) -> LabeledImag
     view.targets = dict(view.targets, **{column: remap[ds.targets[column]]})
     view.classes = dict(view.classes, **{column: wanted})
     return view
+
+
+def read_utf8(path, what: str) -> str:
+    """A text file's content (a byte-order mark dropped), or a DataError naming the first byte and line
+    that are not UTF-8, so a spreadsheet's export fails with its fix instead of a traceback."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{what} '{path}' is not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); "
+                        f"save it as UTF-8 (in Excel: 'CSV UTF-8')") from None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.data.base import SPLITS, split_three_ways
+from transferlab.data.base import SPLITS, read_utf8, split_three_ways
 from transferlab.data.image_folder import Files
 from transferlab.errors import DataError
 
@@ -24,13 +24,7 @@ log = logging.getLogger(__name__)
 
 def read_rows(manifest: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     """The header and ``(line number, row)`` of every row."""
-    raw = manifest.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise DataError(f"csv manifest '{manifest}' is not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); "
-                        f"save it as UTF-8 (in Excel: 'CSV UTF-8')") from None
+    text = read_utf8(manifest, "csv manifest")
     try:
         reader = _csv.DictReader(io.StringIO(text, newline=""))
         rows = [(reader.line_num, row) for row in reader]

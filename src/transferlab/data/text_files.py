@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.data.base import SPLITS, split_three_ways
+from transferlab.data.base import SPLITS, read_utf8, split_three_ways
 from transferlab.data.text import LabeledTexts, as_corpus, check_texts, label_classes
 from transferlab.errors import ConfigError, DataError
 
@@ -35,13 +35,7 @@ def read_rows(path: Path, fmt: str | None = None) -> tuple[list[dict], list[str]
         rows = pq.read_table(path).to_pylist()
         origin = [f"{path}: row {i + 1}" for i in range(len(rows))]
     else:
-        raw = path.read_bytes()
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            line = raw[:e.start].count(b"\n") + 1
-            raise DataError(f"data file '{path}' is not UTF-8 text: line {line} has the byte 0x{raw[e.start]:02x}; "
-                            f"re-save it as UTF-8") from None
+        text = read_utf8(path, "data file")
         if fmt == "jsonl":
             rows, origin = [], []
             for n, line in enumerate(text.splitlines(), 1):
