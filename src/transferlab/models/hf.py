@@ -16,16 +16,14 @@ import json
 import logging
 import os
 import re
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from transferlab.errors import ConfigError, suggest
-from transferlab.models.base import Family
+from transferlab.models.base import Family, require_hub_copy
 
 log = logging.getLogger(__name__)
 
@@ -192,19 +190,7 @@ def cached_repos() -> list[str]:
 
 
 def check_hub(name: str) -> None:
-    """Fail in seconds, not after minutes of retries, when the hub is unreachable and nothing is cached."""
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(name, "config.json"), str):
-        return
-    if constants.HF_HUB_OFFLINE:
-        raise ConfigError(unknown_or_unreachable(name, "HF_HUB_OFFLINE is set and it is not in the local cache"))
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host, 443), timeout=3).close()
-    except OSError as e:
-        raise ConfigError(unknown_or_unreachable(name, f"the hub ({host}) is unreachable ({e}) and it is not "
-                                                       f"in the local cache")) from None
+    require_hub_copy(name, ("config.json",), lambda why: unknown_or_unreachable(name, why))
 
 
 # --- tokenizers ---------------------------------------------------------------------------------

@@ -5,16 +5,13 @@ decay alike; its pretrained data config gives mean/std/input size to the image t
 """
 from __future__ import annotations
 
-import os
-import socket
-from urllib.parse import urlparse
 
 import timm
 import torch
 from torch import nn
 
 from transferlab.errors import ConfigError, suggest
-from transferlab.models.base import Family
+from transferlab.models.base import Family, require_hub_copy
 
 
 class ImageInputs:
@@ -106,22 +103,11 @@ def no_weights_message(name: str, why: str) -> str:
 
 
 def _check_hub_weights(name: str) -> None:
-    """Fail in seconds, not after minutes of retries, when the hub is unreachable and nothing is cached."""
-    from huggingface_hub import constants, try_to_load_from_cache
     from timm.models import get_pretrained_cfg
 
     cfg = get_pretrained_cfg(name)
     if cfg is None or not cfg.hf_hub_id:
         return  # weights come from a URL or file: timm reports its own error
-    repo = cfg.hf_hub_id.split("@")[0]
-    for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
-        if isinstance(try_to_load_from_cache(repo, filename), str):
-            return
-    if constants.HF_HUB_OFFLINE:
-        raise ConfigError(no_weights_message(name, f"HF_HUB_OFFLINE is set and '{repo}' is not in the local cache"))
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host, 443), timeout=3).close()
-    except OSError as e:
-        raise ConfigError(no_weights_message(name, f"the hub ({host}) is unreachable ({e}) "
-                                                   f"and '{repo}' is not in the local cache")) from None
+    require_hub_copy(cfg.hf_hub_id.split("@")[0], ("model.safetensors", "pytorch_model.bin",
+                                                   "open_clip_pytorch_model.bin"),
+                     lambda why: no_weights_message(name, why))
