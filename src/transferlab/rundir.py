@@ -125,7 +125,6 @@ class RunDirectory(Callback):
         from transferlab.config import load_run_config
 
         with user_errors():
-            redact.remember(list(config.hydra.overrides.task))
             if not is_rank_zero():  # Lightning's DDP ranks re-run the command into rank 0's directory
                 return
             run_dir = Path(str(config.hydra.run.dir))
@@ -134,19 +133,16 @@ class RunDirectory(Callback):
                 load_run_config(resume)  # not a run, or a config that names code: say so first
                 extra = [o for o in config.hydra.overrides.task if _key(o) not in RESUME_MAY_CHANGE]
                 if extra:
+                    them = "it" if len(extra) == 1 else "them"
                     raise ConfigError(f"resume={resume} continues the run with its own saved config, so "
-                                      f"{' '.join(extra)} would not apply; resume without "
-                                      f"{'it' if len(extra) == 1 else 'them'}, or start a new run with "
-                                      f"{'it' if len(extra) == 1 else 'them'}")
+                                      f"{' '.join(extra)} would not apply; resume without {them}, or start a "
+                                      f"new run with {them}")
             else:
                 check_unused(run_dir)  # before probing: a refused directory is left exactly as it was
             check_writable(run_dir)
 
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        redact.remember(list(config.hydra.overrides.task))
-
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
-        redact.remember(list(config.hydra.overrides.task))
+        redact.remember(list(config.hydra.overrides.task))  # before anything of this job is written
         if OmegaConf.select(config, "resume", default=None) or not is_rank_zero():
             return
         folder = Path(config.hydra.runtime.output_dir) / self.record
