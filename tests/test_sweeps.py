@@ -204,9 +204,13 @@ def optuna_search(tmp_path: Path, *overrides, wait: bool = True):
 
 
 def study_trials(url: str, name: str) -> list:
+    """Read through the project's own opener: it takes the storage's file lock, so polling a study that a
+    running search is still creating never races it to create the schema."""
     import optuna
 
-    return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+    from transferlab.studies import open_storage
+
+    return optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(deepcopy=False)
 
 
 def by_state(trials) -> dict[str, list]:
