@@ -3,6 +3,7 @@ what their parameters, batches and metrics did in real runs."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -175,3 +176,39 @@ def test_text_files_run_from_csv_and_jsonl(tmp_path):
         assert 0 <= metrics["test/acc"] <= 1 and metrics["data"] == "text_files"
         saved = __import__("yaml").safe_load((tmp_path / fmt / "config.yaml").read_text())
         assert saved["data"]["text_column"] == "review" and saved["data"]["path"].endswith(f"reviews.{fmt}")
+
+
+def test_trained_wordpiece_is_the_same_in_every_process_and_learns_the_frequent_merges():
+    """Two fresh caches (two processes, other hash seeds) must get one vocabulary: the tokenizer decides
+    the ids a source is pretrained on, so a new cache must not mean another source and other results."""
+    import subprocess
+    import sys
+
+    from transferlab.models.wordpiece import learn_vocabulary
+
+    script = ("from transferlab.data.synthetic_text import generate; from transferlab.models.hf import SPECIAL; "
+              "from transferlab.models.wordpiece import train_wordpiece; "
+              "print(train_wordpiece(generate(400, 'source', 0.5, 0)[0], 300, SPECIAL).to_str())")
+    made = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")]
+    assert made[0] == made[1] and len(json.loads(made[0])["model"]["vocab"]) == 300
+    vocab = learn_vocabulary({"lower": 5, "lowest": 2, "newer": 6, "wider": 3}, 22, ["[UNK]"])
+    alphabet = 1 + len({"l", "n", "w", *(f"##{c}" for c in "owerstid")})
+    assert vocab[alphabet:alphabet + 3] == ["##er", "##wer", "lo"]  # pairs seen 14, 11 and 7 times
+    assert {"lower", "newer", "wider"} <= set(vocab) and "lowest" not in vocab  # 22 tokens: not yet
+    assert vocab == learn_vocabulary({"wider": 3, "newer": 6, "lowest": 2, "lower": 5}, 22, ["[UNK]"])
+
+
+def test_another_tokenizer_under_the_same_path_means_another_cached_source(tmp_path):
+    """A cached source run is keyed by its tokenizer's content, not only by the config naming it: weights
+    pretrained on one vocabulary must never be reused with another saved over the same file."""
+    from transferlab.data.synthetic_text import generate
+    from transferlab.models.hf import SPECIAL
+    from transferlab.models.wordpiece import train_wordpiece
+    from transferlab.source import source_config
+
+    texts, path, folders = generate(200, "source", 0.5, 0)[0], tmp_path / "tokenizer.json", []
+    for size in (200, 300, 300):
+        train_wordpiece(texts, size, SPECIAL).save(str(path))
+        folders.append(source_config(compose(*SOURCE, f"model.tokenizer.path={path}", run_dir=tmp_path))[1])
+    assert folders[0] != folders[1] and folders[1] == folders[2]

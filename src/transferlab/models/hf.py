@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transferlab.errors import ConfigError, suggest
+from transferlab.models import wordpiece
 from transferlab.models.base import Family, require_hub_copy
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,9 @@ class HfFamily(Family):
         if self._tokenizer is None:
             self._tokenizer = create_tokenizer(self.cfg)
         return self._tokenizer
+
+    def fingerprint(self):
+        return tokenizer_digest(self.tokenizer())
 
     def preprocessing(self, backbone):
         tokenizer = self.tokenizer()
@@ -239,26 +243,14 @@ def trained_tokenizer(spec):
     data = to_plain(compose_config(list(spec.train_on)).data)
     texts = KINDS.create(data["kind"], OmegaConf.create(data))["train"].texts_only()
     key = json.dumps({"texts": hashlib.sha256("\x00".join(texts).encode()).hexdigest(), "vocab_size": spec.vocab_size,
-                      "lowercase": spec.get("lowercase", True)}, sort_keys=True)
+                      "lowercase": spec.get("lowercase", True), "trainer": wordpiece.VERSION}, sort_keys=True)
     folder = Path(str(spec.cache_dir)).expanduser() / hashlib.sha256(key.encode()).hexdigest()[:12]
     file = folder / "tokenizer.json"
     folder.mkdir(parents=True, exist_ok=True)
-    # One training per cache, under a lock: `tokenizers`' trainer is not deterministic between processes
-    # (ties break by hash order), so DDP ranks and parallel jobs must all read the one file written first.
-    with open(folder / ".lock", "w") as lock:
+    with open(folder / ".lock", "w") as lock:  # one training per cache: DDP ranks and parallel jobs wait for it
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not file.is_file():
-            from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-
-            tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-            tok.normalizer = normalizers.BertNormalizer(lowercase=spec.get("lowercase", True))
-            tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-            tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=spec.vocab_size,
-                                                                     special_tokens=SPECIAL))
-            cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-            tok.post_processor = processors.TemplateProcessing(
-                single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-                special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+            tok = wordpiece.train_wordpiece(texts, spec.vocab_size, SPECIAL, spec.get("lowercase", True))
             tmp = folder / f".tokenizer.{os.getpid()}.json"
             tok.save(str(tmp))
             os.replace(tmp, file)  # atomic: concurrent jobs never read half a file
