@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from transferlab import console
+from transferlab.choices import FAMILIES
 from transferlab.config import compose_config, set_value, to_plain
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,9 @@ def source_config(cfg):
     set_value(src, "model", OmegaConf.merge(cfg.model, {"checkpoint": None, "pretrained": False}))
     set_value(src, "paths.run_dir", "")  # not part of the key; Hydra's output dir is not the source's
     key = {k: v for k, v in to_plain(src).items() if k not in ("paths", "logger", "hydra")}
+    inputs = FAMILIES.create(cfg.model.family, cfg.model).fingerprint()
+    if inputs:  # (no entry for families without one: their existing cached sources keep their keys)
+        key["model_inputs"] = inputs
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
     run_dir = Path(cfg.source.cache_dir).expanduser() / f"{cfg.model.name}-{digest}"
     set_value(src, "paths.run_dir", str(run_dir))

@@ -52,6 +52,11 @@ class Family:
     def no_weight_decay(self, backbone: nn.Module) -> set[str]:
         return set()
 
+    def fingerprint(self) -> str:
+        """What decides the model's inputs besides its config (a tokenizer file may change under the same
+        path): part of a cached source run's key, so new inputs never meet weights learnt on old ones."""
+        return ""
+
 
 class TransferModel(nn.Module):
     """A shared backbone and a ``ModuleDict`` of heads, one per task; forward returns logits per task."""
