@@ -212,3 +212,73 @@ def test_another_tokenizer_under_the_same_path_means_another_cached_source(tmp_p
         train_wordpiece(texts, size, SPECIAL).save(str(path))
         folders.append(source_config(compose(*SOURCE, f"model.tokenizer.path={path}", run_dir=tmp_path))[1])
     assert folders[0] != folders[1] and folders[1] == folders[2]
+
+
+def _one_batch_gradients(tmp_path, *overrides) -> tuple[dict[str, torch.Tensor], bool]:
+    """Parameter gradients of one training-mode step (dropout on, same draws) of a fresh tiny BERT, and
+    whether its encoder recomputed activations in the backward pass."""
+    from transferlab import run
+
+    torch.manual_seed(0)
+    parts = run.build(compose(*TEXT, "source=none", *overrides, run_dir=tmp_path))
+    inputs, labels = next(iter(parts.datamodule.val_dataloader()[0]))
+    module = parts.module.train()
+    torch.manual_seed(1)
+    module._task_losses("data", inputs, labels)[0]["main"].backward()
+    grads = {n: p.grad.double() for n, p in module.named_parameters() if p.grad is not None}
+    return grads, module.model.backbone.is_gradient_checkpointing
+
+
+def test_gradient_checkpointing_recomputes_the_same_gradients(tmp_path):
+    """A memory switch, not a model change: the same step gives the same gradients, dropout included."""
+    (plain, off), (saved, on) = (_one_batch_gradients(tmp_path / "plain"),
+                                 _one_batch_gradients(tmp_path / "ckpt", "model.grad_checkpointing=true"))
+    assert on and not off and plain.keys() == saved.keys() and any("encoder.layer.1." in n for n in plain)
+    for name, grad in plain.items():
+        assert (saved[name] - grad).norm() <= 1e-5 * grad.norm() + 1e-12, name
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_pooled_features_ignore_padding(pooling):
+    """A sentence's features do not depend on the longer sentences padded beside it in its batch."""
+    from transferlab.models.hf import HfFamily
+
+    cfg = compose(*TEXT, f"model.pooling={pooling}")
+    family = HfFamily(cfg.model)
+    backbone = family.create_backbone().eval()
+    tokenizer = family.tokenizer()
+    short, long = "the ka ve report", "officials called the story great after the city met the people this week"
+    alone = family.encode(backbone, dict(tokenizer([short], return_tensors="pt")))
+    padded = family.encode(backbone, dict(tokenizer([short, long], padding=True, return_tensors="pt")))
+    torch.testing.assert_close(padded[0], alone[0], atol=1e-5, rtol=1e-4)
+    hidden = backbone(**tokenizer([short], return_tensors="pt")).last_hidden_state
+    expected = hidden[0, 0] if pooling == "cls" else hidden[0].mean(0)
+    torch.testing.assert_close(alone[0], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_a_bf16_mixed_text_run_trains_in_bf16_and_keeps_float32_weights(tmp_path):
+    """Autocast reaches the encoder (its matmuls run in bf16) while the weights stay float32 to update."""
+    import math
+
+    from transferlab.checkpoints import read_checkpoint
+
+    class Dtypes(Callback):
+        """The output dtype of an encoder projection in every training step."""
+
+        def __init__(self):
+            self.seen, self.handle = set(), None
+
+        def on_train_start(self, trainer, module):
+            query = module.model.backbone.encoder.layer[0].attention.self.query
+            self.handle = query.register_forward_hook(lambda _, __, out: self.seen.add(out.dtype))
+
+        def on_train_end(self, trainer, module):
+            self.handle.remove()
+
+    dtypes = Dtypes()
+    metrics = text_run(tmp_path, "source=none", "trainer.precision=bf16-mixed", "trainer.max_epochs=1",
+                       callbacks=[dtypes])
+    assert dtypes.seen == {torch.bfloat16}
+    assert math.isfinite(metrics["test/loss"]) and 0 <= metrics["test/acc"] <= 1
+    weights = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["state_dict"]
+    assert {v.dtype for k, v in weights.items() if k.startswith("model.backbone.")} == {torch.float32}
