@@ -108,6 +108,17 @@ def test_cached_features_and_cycling_tasks_never_train_on_one_image(tmp_path):
     assert seen["data"] == 25 and seen["data:few"] % 5 == 0
 
 
+def test_a_batch_size_of_one_is_refused_only_where_batchnorm_would_train_on_it(tmp_path):
+    """No merging helps batches of one: refused up front, naming the value and the ways on, where a
+    BatchNorm layer trains; a frozen backbone (or frozen BatchNorm) takes them."""
+    from transferlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.batch_size=1 hands the BatchNorm layers .* strategy.bn=frozen"):
+        build(tmp_path / "finetune", "data.batch_size=1")
+    for ok in (["strategy=linear_probe"], ["strategy.bn=frozen"]):
+        build(tmp_path / ok[0], "data.batch_size=1", *ok)
+
+
 @pytest.mark.slow
 def test_ddp_trains_with_a_lone_last_image_per_rank_and_refuses_one_image_per_rank(tmp_path):
     """Two CPU processes as a user starts them: 25 images are 13 per rank, batches of 4 then 4+4+5;

@@ -59,6 +59,10 @@ def build(plan) -> Parts:
                     "30x slower for the default experiment); it pays off on GPUs")
     strategy = create_strategy(plan.strategy)
     strategy.check_fits(model, plan.trainer.max_epochs)
+    if plan.data.batch_size == 1 and strategy.trains_norm_statistics(model, plan.trainer.max_epochs):
+        raise ConfigError(f"data.batch_size=1 hands the BatchNorm layers of model '{plan.model.name}' one sample "
+                          f"per batch in training mode, which they cannot normalise; valid: data.batch_size >= 2, "
+                          f"or strategy.bn=frozen (or strategy=linear_probe)")
     module = TransferModule(
         model, tasks, create_loss_weighting(plan.multitask.loss_weighting, tasks),
         optimizer_factory=partial(create_optimizer, cfg=plan.optimizer,

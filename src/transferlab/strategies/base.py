@@ -61,6 +61,11 @@ class Strategy(Callback):
         """True when no backbone parameter or statistic ever changes, so features can be cached."""
         return all(len(self.frozen_stages(e, num_stages)) == num_stages for e in range(max_epochs))
 
+    def trains_norm_statistics(self, model, max_epochs: int) -> bool:
+        """Whether some BatchNorm layer runs in training mode: it cannot normalise one sample a batch."""
+        return (self.bn != "frozen" and bool(model.norm_modules())
+                and not self.backbone_always_frozen(model.num_stages, max_epochs))
+
     def caches_features(self, num_stages: int, max_epochs: int, augment: bool) -> bool:
         """Cache when nothing in the backbone ever changes and, unless forced, no augmentation runs."""
         if self.cache_features is False or not self.backbone_always_frozen(num_stages, max_epochs):
