@@ -434,6 +434,7 @@ def test_two_processes_on_one_storage_share_the_trials(tmp_path):
     assert ran["a"] and ran["b"] and not ran["a"] & ran["b"], ran  # both worked, never on the same trial
     assert ran["a"] | ran["b"] == {t.number for t in trials["COMPLETE"]}
     assert len({tuple(sorted(t.params.items())) for t in trials["COMPLETE"]}) == 6
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("shared")] == ["shared.db"]  # no lock file
 
 
 # ---------------------------------------------------------------------------------------------------

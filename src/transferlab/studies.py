@@ -32,11 +32,13 @@ def absolute(url: str) -> str:
 
 def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None):
     """SQLite waits up to a minute for a lock instead of failing while other processes write, and two
-    processes opening a new SQLite file take turns: creating the schema at once, one of them fails."""
+    processes opening a new SQLite file take turns: creating the schema at once, one of them fails.
+    They take turns by a lock on the database file itself (``flock``, which SQLite's own POSIX
+    locks do not see), so nothing but the study is left beside it."""
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
     try:
-        with _file_lock(Path(f"{path}.lock") if path and path != ":memory:" else None):
+        with _file_lock(Path(path) if path and path != ":memory:" else None):
             return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
                                               grace_period=grace_period)
     except Exception as e:  # noqa: BLE001 - SQLAlchemy's URL, driver and connection errors
@@ -50,7 +52,7 @@ def _file_lock(path: Path | None):
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as lock:
+    with open(path, "ab") as lock:  # an empty new file is an empty SQLite database
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
