@@ -77,6 +77,9 @@ def _load(cfg) -> dict:
     path = str(cfg.path)
     local = Path(path).expanduser()
     offline = None
+    if path.startswith(("/", ".", "~")) and not local.exists():  # a hub name is "name" or "owner/name"
+        raise DataError(f"data.path={path} does not exist; valid: a save_to_disk directory, a hub dataset name, "
+                        f"or a builder (csv, json, parquet) with data.data_files=...")
     try:
         if (local / "dataset_dict.json").is_file() or (local / "state.json").is_file():  # save_to_disk
             loaded = datasets.load_from_disk(str(local))
