@@ -18,7 +18,7 @@ KINDS = Registry("data kind", "data.kind")  # data.kind -> create(cfg) -> {split
 for _kind in ("digits", "synthetic", "image_folder", "csv"):
     KINDS.register(_kind, f"transferlab.data.{_kind}:create")
 KINDS.register("torchvision", "transferlab.data.torchvision_sets:create")
-for _kind in ("text_files", "synthetic_text"):  # text (data/text.py)
+for _kind in ("text_files", "hf_datasets", "synthetic_text"):  # text (data/text.py)
     KINDS.register(_kind, f"transferlab.data.{_kind}:create")
 
 _STRATEGY = ("bn", "cache_features", "name")  # what every Strategy takes (strategies/base.py)

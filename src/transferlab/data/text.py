@@ -1,4 +1,4 @@
-"""Text datasets and their inputs: what the text kinds (``text_files``, ``synthetic_text``) share.
+"""Text datasets and their inputs: what the text kinds (``text_files``, ``hf_datasets``, ``synthetic_text``) share.
 
 Items are ``(text, labels)`` or ``((text, pair), labels)``; the model family's ``TextInputs``
 augments words (training only), then its ``collate`` tokenises a whole batch at once with dynamic
@@ -18,7 +18,7 @@ from torch.utils.data import default_collate
 from transferlab.data.base import LabeledImages, digest
 from transferlab.errors import ConfigError, DataError
 
-TEXT_KINDS = ("text_files", "synthetic_text")  # data kinds whose items are text
+TEXT_KINDS = ("text_files", "hf_datasets", "synthetic_text")  # data kinds whose items are text
 MLM_COLUMN = "token"
 
 

@@ -59,17 +59,20 @@ def read_rows(path: Path, fmt: str | None = None) -> tuple[list[dict], list[str]
     return rows, origin
 
 
-def _load(path: Path, cfg) -> LabeledTexts:
-    rows, origin = read_rows(path, cfg.get("format"))
+def labeled_texts(rows: list[dict], origin: list[str], cfg, source: str,
+                  class_names: dict[str, list[str]] | None = None) -> LabeledTexts:
+    """Rows (dicts) and where each came from -> texts and integer labels: what every text kind reading
+    tables shares. ``source`` names the table in errors; ``class_names`` gives a column's classes in
+    its own order (a ClassLabel's names) instead of the declared or sorted ones."""
     columns = list(dict.fromkeys(k for r in rows[:100] for k in r))
     used = [cfg.text_column] + ([cfg.text_pair_column] if cfg.get("text_pair_column") else [])
     for key, col in zip(("text_column", "text_pair_column"), used):
         if col not in columns:
-            raise DataError(f"data.{key}='{col}' is not a column of '{path}'; its columns: {', '.join(columns)}")
+            raise DataError(f"data.{key}='{col}' is not a column of '{source}'; its columns: {', '.join(columns)}")
     labels = list(cfg.label_columns or [c for c in columns if c not in used])
     missing = [c for c in labels if c not in columns]
     if missing or not labels:
-        raise DataError(f"label column(s) {missing or '(none)'} not in '{path}'; its columns: {', '.join(columns)} "
+        raise DataError(f"label column(s) {missing or '(none)'} not in '{source}'; its columns: {', '.join(columns)} "
                         f"(data.label_columns=[...])")
     texts = [r.get(cfg.text_column) for r in rows]
     check_texts(texts, origin, cfg.text_column)
@@ -79,7 +82,7 @@ def _load(path: Path, cfg) -> LabeledTexts:
         check_texts(pairs, origin, cfg.text_pair_column)
     values = {c: ["" if r.get(c) is None else str(r.get(c)) for r in rows] for c in labels}
     declared = cfg.get("classes") if len(labels) == 1 else None
-    classes = {c: label_classes(v, declared) for c, v in values.items()}
+    classes = {c: (class_names or {}).get(c) or label_classes(v, declared) for c, v in values.items()}
     targets = {}
     for c, v in values.items():
         index = {name: i for i, name in enumerate(classes[c])}
@@ -91,26 +94,35 @@ def _load(path: Path, cfg) -> LabeledTexts:
     return LabeledTexts(texts, targets, classes, pairs, origin)
 
 
+def three_splits(given: dict[str, LabeledTexts], cfg, what: str = "split files") -> dict[str, LabeledTexts]:
+    """train (required), val and test; the ones not given are carved from train (stratified by its
+    first label column, by ``val_fraction``/``test_fraction``, fixed by ``split_seed``)."""
+    names = {s: ds.classes for s, ds in given.items()}
+    if len({json.dumps(c, sort_keys=True) for c in names.values()}) > 1:
+        raise DataError(f"the {what} have different classes: {names}; set data.classes=[...] to fix one "
+                        f"label set")
+    missing = [s for s in ("val", "test") if s not in given]
+    if not missing:
+        return dict(given)
+    column = next(iter(given["train"].classes))
+    fractions = {"val": cfg.val_fraction if "val" in missing else 0,
+                 "test": cfg.test_fraction if "test" in missing else 0}
+    carved = split_three_ways(given["train"], column, fractions["val"], fractions["test"], cfg.split_seed)
+    if len(given) == 1:  # one table, split three ways
+        return carved
+    return {**given, **{s: carved[s] for s in ["train", *missing]}}
+
+
+def _load(path: Path, cfg) -> LabeledTexts:
+    return labeled_texts(*read_rows(path, cfg.get("format")), cfg, str(path))
+
+
 def create(cfg) -> dict[str, LabeledTexts]:
     if cfg.get("path"):
-        ds = _load(Path(str(cfg.path)).expanduser(), cfg)
-        column = next(iter(ds.classes))
-        splits = split_three_ways(ds, column, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+        given = {"train": _load(Path(str(cfg.path)).expanduser(), cfg)}
     elif cfg.get("train"):
         given = {s: _load(Path(str(cfg[s])).expanduser(), cfg) for s in SPLITS if cfg.get(s)}
-        names = {s: ds.classes for s, ds in given.items()}
-        if len({json.dumps(c, sort_keys=True) for c in names.values()}) > 1:
-            raise DataError(f"the split files have different classes: {names}; set data.classes=[...] to fix one "
-                            f"label set")
-        splits = dict(given)
-        missing = [s for s in ("val", "test") if s not in given]
-        if missing:  # carved from train, stratified, fixed by split_seed
-            column = next(iter(given["train"].classes))
-            fractions = {"val": cfg.val_fraction if "val" in missing else 0,
-                         "test": cfg.test_fraction if "test" in missing else 0}
-            carved = split_three_ways(given["train"], column, fractions["val"], fractions["test"], cfg.split_seed)
-            splits.update({s: carved[s] for s in ["train", *missing]})
     else:
         raise ConfigError("data=text_files needs data.path=/path/to/file (split by fractions) or "
                           "data.train=... [data.val=... data.test=...] (one file per split)")
-    return as_corpus(splits, cfg)
+    return as_corpus(three_splits(given, cfg), cfg)
