@@ -9,16 +9,14 @@ alone retries for half a minute) and says how to supply the data instead.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlparse
 
 from transferlab.data.base import SPLITS
 from transferlab.data.text import LabeledTexts, as_corpus
 from transferlab.data.text_files import labeled_texts, three_splits
 from transferlab.errors import ConfigError, DataError
+from transferlab.hub import unreachable
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +83,7 @@ def _load(cfg) -> dict:
             loaded = datasets.load_from_disk(str(local))
         else:
             hub = not local.exists() and path not in datasets.packaged_modules._PACKAGED_DATASETS_MODULES
-            offline = _why_offline() if hub else None
+            offline = unreachable(datasets.config.HF_HUB_OFFLINE) if hub else None
             with _offline(offline is not None):
                 loaded = datasets.load_dataset(path, cfg.get("subset"), data_files=_plain(cfg.get("data_files")))
     except ConnectionError as e:
@@ -112,20 +110,6 @@ def _plain(value):
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
-def _why_offline() -> str | None:
-    """Why the hub cannot answer (offline mode, or no connection within 3 s), or None when it can."""
-    import datasets
-
-    if datasets.config.HF_HUB_OFFLINE:
-        return "offline mode is set: HF_HUB_OFFLINE or HF_DATASETS_OFFLINE"
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=3).close()
-        return None
-    except OSError as e:
-        return f"the hub ({endpoint.hostname}) is unreachable: {e}"
 
 
 @contextmanager

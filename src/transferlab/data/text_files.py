@@ -108,9 +108,7 @@ def three_splits(given: dict[str, LabeledTexts], cfg, what: str = "split files")
     fractions = {"val": cfg.val_fraction if "val" in missing else 0,
                  "test": cfg.test_fraction if "test" in missing else 0}
     carved = split_three_ways(given["train"], column, fractions["val"], fractions["test"], cfg.split_seed)
-    if len(given) == 1:  # one table, split three ways
-        return carved
-    return {**given, **{s: carved[s] for s in ["train", *missing]}}
+    return {s: carved[s] if s in ("train", *missing) else given[s] for s in SPLITS}
 
 
 def _load(path: Path, cfg) -> LabeledTexts:

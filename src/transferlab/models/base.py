@@ -103,19 +103,12 @@ def create_head(num_features: int, num_classes: int, hidden: int = 0, dropout: f
 def require_hub_copy(repo: str, filenames, explain) -> None:
     """Fail in seconds, not after minutes of the hub client's retries, when the hub is unreachable and
     nothing is cached; ``explain(why)`` turns the reason into the family's own message."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
     from huggingface_hub import constants, try_to_load_from_cache
+
+    from transferlab.hub import unreachable
 
     if any(isinstance(try_to_load_from_cache(repo, f), str) for f in filenames):
         return
-    if constants.HF_HUB_OFFLINE:
-        raise ConfigError(explain(f"HF_HUB_OFFLINE is set and '{repo}' is not in the local cache"))
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host, 443), timeout=3).close()
-    except OSError as e:
-        raise ConfigError(explain(f"the hub ({host}) is unreachable ({e}) and '{repo}' is not in the local "
-                                  f"cache")) from None
+    why = unreachable(constants.HF_HUB_OFFLINE)
+    if why:
+        raise ConfigError(explain(f"{why}, and '{repo}' is not in the local cache"))
