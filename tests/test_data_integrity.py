@@ -161,6 +161,19 @@ def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
     assert (pixels == 255).mean() < 0.01  # was 99.6 %: every value above 255 clipped to white
 
 
+def test_a_float_image_is_refused_by_name_not_clipped_to_black(tmp_path):
+    """A 32-bit float TIFF in [0, 1] became an all-black (0/1 of 255) picture; its range is the writer's
+    convention, so the file is named and refused rather than guessed."""
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(5):
+            Image.fromarray(np.full((32, 32), 0.5, dtype=np.float32)).save(tmp_path / c / f"{i}.tif")
+    assert Image.open(tmp_path / "a" / "0.tif").mode == "F"
+    train = create_splits(data_cfg("data=image_folder", f"data.root={tmp_path}", *FIFTHS))["train"]
+    with pytest.raises(DataError, match=r"cannot read image .*\.tif.*PIL mode F.*16-bit"):
+        train[0]
+
+
 def write_oriented(path, pixels, orientation: int):
     image = Image.fromarray(pixels)
     exif = image.getexif()

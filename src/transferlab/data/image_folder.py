@@ -18,8 +18,11 @@ DECODING = "exif-orientation,16-bit-scaled"  # in the feature-cache key: a chang
 def decode(img: Image.Image) -> Image.Image:
     """The RGB picture a viewer shows: EXIF orientation applied (cameras store a portrait photo
     sideways plus a tag), 16-bit greyscale scaled by 255/65535 (``convert("RGB")`` would clip every
-    value above 255 to white)."""
+    value above 255 to white). Float images are refused: their range is the writer's convention."""
     img = ImageOps.exif_transpose(img)
+    if img.mode == "F":  # convert("RGB") would clip to 0-255: a [0, 1] image would come out black
+        raise ValueError("a 32-bit float image (PIL mode F) has no fixed value range to map to 8 bits; save it "
+                         "as 8-bit, or as 16-bit scaled to 0-65535")
     if img.mode in WIDE_GREY:
         grey = np.clip(np.asarray(img, dtype=np.float64) / 257.0, 0, 255).round().astype(np.uint8)
         img = Image.fromarray(grey, mode="L")
