@@ -34,10 +34,10 @@ RUN = ["source=none", "logger=csv", "trainer.max_epochs=6", "data.batch_size=5",
 SAME = (*COMPARED, "test/loss", "val/acc_best", "epochs")
 
 
-def interrupt(run_dir: Path, sig: signal.Signals, cwd: Path) -> tuple[int, str, int]:
-    """Start tl-train into ``run_dir``, send ``sig`` a second after its first last.ckpt appeared;
-    (exit code, stderr, the epoch last.ckpt held when the signal was sent)."""
-    proc = subprocess.Popen([str(BIN / "tl-train"), *RUN, f"hydra.run.dir='{run_dir}'"], cwd=cwd, text=True,
+def interrupt(run_dir: Path, sig: signal.Signals, cwd: Path, args=RUN, after: float = 1.0) -> tuple[int, str, int]:
+    """Start ``tl-train args`` into ``run_dir``, send ``sig`` ``after`` seconds after its first last.ckpt
+    appeared; (exit code, stderr, the epoch last.ckpt held when the signal was sent)."""
+    proc = subprocess.Popen([str(BIN / "tl-train"), *args, f"hydra.run.dir='{run_dir}'"], cwd=cwd, text=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
                             env={**os.environ, **ONE_THREAD})
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -47,7 +47,7 @@ def interrupt(run_dir: Path, sig: signal.Signals, cwd: Path) -> tuple[int, str, 
             assert proc.poll() is None, f"tl-train ended before its first checkpoint: {proc.stderr.read()[-3000:]}"
             assert time.monotonic() < deadline, "no checkpoints/last.ckpt in time"
             time.sleep(0.02)
-        time.sleep(1.0)
+        time.sleep(after)
         epoch = read_checkpoint(last)["epoch"]
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=300)

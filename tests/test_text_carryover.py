@@ -7,17 +7,14 @@ Every run is a ``tl-train`` subprocess with one intra-op thread; tokenizer from 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, ONE_THREAD, cli
+from conftest import ONE_THREAD, cli
 from test_sweeps import by_state, study_trials, trial_dirs
+from test_preemption import interrupt
 from test_text import TEXT
 from wandb_reader import metric, read_run
 
@@ -130,35 +127,11 @@ RESUME = [*TEXT, "source=none", "trainer.max_epochs=3", "data.num_samples=400", 
 SAME = (*COMPARED, "test/loss", "epochs")
 
 
-def interrupt(run_dir: Path, cwd: Path) -> tuple[int, str, int]:
-    """Start tl-train into ``run_dir`` and SIGTERM it shortly after its first last.ckpt appeared;
-    (exit code, stderr, the epoch last.ckpt held when the signal was sent)."""
-    proc = subprocess.Popen([str(BIN / "tl-train"), *RESUME, f"hydra.run.dir={run_dir}"], cwd=cwd, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-                            env={**os.environ, **ONE_THREAD})
-    last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 300
-    try:
-        while not last.exists():
-            assert proc.poll() is None, f"tl-train ended before its first checkpoint: {proc.stderr.read()[-3000:]}"
-            assert time.monotonic() < deadline, "no checkpoints/last.ckpt in time"
-            time.sleep(0.02)
-        time.sleep(0.2)
-        epoch = read_checkpoint(last)["epoch"]
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode, stderr, epoch
-
-
 def test_text_run_stopped_by_sigterm_and_resumed_ends_with_the_uninterrupted_runs_metrics(tmp_path):
     full_dir, stopped_dir = tmp_path / "uninterrupted", tmp_path / "stopped"
     with ThreadPoolExecutor(max_workers=2) as pool:
         full = pool.submit(cli, "tl-train", *RESUME, f"hydra.run.dir={full_dir}", cwd=tmp_path, env=ONE_THREAD)
-        code, stderr, epoch = pool.submit(interrupt, stopped_dir, tmp_path).result()
+        code, stderr, epoch = pool.submit(interrupt, stopped_dir, signal.SIGTERM, tmp_path, RESUME, 0.2).result()
         assert full.result().returncode == 0, full.result().stderr[-3000:]
     assert code == 143 and "resume with: tl-train resume=" in stderr, stderr[-2000:]
     assert not (stopped_dir / "metrics.json").exists()
