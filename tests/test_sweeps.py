@@ -391,11 +391,15 @@ def test_optuna_search_killed_mid_study_continues_with_the_same_command(tmp_path
                 states = by_state(study_trials(url, "resumable"))
             except KeyError:  # study not created yet
                 continue
-            if states.get("COMPLETE") and states.get("RUNNING"):
-                break
+            running = {t.number for t in states.get("RUNNING", [])}
+            dirs = trial_dirs(tmp_path / "multirun")
+            # kill once the running trial has its run directory (on a loaded machine a fixed sleep could
+            # land before Hydra created it), and before it finishes
+            if states.get("COMPLETE") and running and running <= dirs.keys():
+                if not any((dirs[n][0] / "metrics.json").exists() for n in running):
+                    break
         else:
             pytest.fail("the search never reached its second trial")
-        time.sleep(2)  # inside the trial's training
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
