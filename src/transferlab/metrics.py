@@ -61,7 +61,36 @@ def create_metrics(num_classes: int):
     })
 
 
+def accuracies(columns) -> list[str]:
+    """The accuracies among ``columns`` (val, test and every evaluation set): what a fusion figure draws."""
+    return [k for k in columns if k.endswith("/acc") and k.count("/") <= 2 and k.split("/")[0] in ("val", "test", EVAL)]
+
+
 def per_epoch(objective: str) -> str:
     """What a run logs every epoch for a final ``objective``: ``val/acc`` for ``val/acc_best`` (a
     ``<metric>_best`` is the best of ``<metric>``), else the objective itself (``val/loss``)."""
     return objective.removesuffix("_best")
+
+
+LOWER_IS_BETTER = ("loss",)  # the last part of a metric name; every other metric here is better higher
+
+
+def higher_is_better(metric: str) -> bool:
+    """A metric's direction: losses fall as models improve, accuracy, precision, recall and F1 rise."""
+    return metric.removesuffix("_best").rsplit("/", 1)[-1] not in LOWER_IS_BETTER
+
+
+def check_selection(metric, key: str) -> str:
+    """A metric that chooses between models: a validation metric this project computes (never a test
+    one, so test metrics stay unbiased). Returns it; a ConfigError names what is valid otherwise."""
+    from transferlab.errors import ConfigError
+
+    valid = [f"val/{m}" for m in (*CLASSIFICATION, "loss")]
+    if not isinstance(metric, str) or not (metric in valid or metric == BEST or
+                                           (metric.startswith("val/") and metric.count("/") == 2 and
+                                            metric.rsplit("/", 1)[1] in (*CLASSIFICATION, "loss"))):
+        hint = " (test metrics never choose: they would no longer be unbiased)" if str(metric).startswith(
+            ("test/", "eval/")) else ""
+        raise ConfigError(f"{key}={metric} is not a validation metric{hint}; valid: {', '.join(valid)} "
+                          f"(or val/<task>/<metric> of a multi-task run)")
+    return metric

@@ -14,20 +14,32 @@ from pathlib import Path
 
 from transferlab import metrics as names
 from transferlab.errors import ConfigError
-from transferlab.report.collect import Run
+from transferlab.runs import Run
 
 # Config keys that differ between seeds of the same setting without changing it.
 RUN_SPECIFIC = ("seed", "paths", "hydra", "logger", "ckpt_path", "model.checkpoint", "experiment_name", "runs", "sweep",
+                "config_version", "resume",
                 "optuna_trial", "source.cache_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary")
 SHOWN = names.SHOWN  # report.md
 METRICS = names.COMPARED  # report.csv
+# The key that names each group's choice in a label; other groups are named by their ``kind``.
+CHOICE = {"model": "model.name", "data": "data.label", "strategy": "strategy.label", "fusion": "fusion.kind"}
 NAMED_GROUPS = ("model", "data")  # shown by their name alone; other groups as group=name
-# Hyperparameters a sweep tunes: with ``select_by``, rows that differ only in these are one setting
-# tried several ways, and the report keeps the way that scores best on validation.
-TUNED = ("optimizer.lr", "optimizer.weight_decay", "optimizer.head_lr_mult", "optimizer.layer_decay",
-         "optimizer.momentum", "optimizer.betas", "strategy.backbone_lr_mult", "strategy.lp_epochs",
-         "scheduler.warmup_epochs", "scheduler.min_lr_ratio", "model.drop_rate", "model.drop_path_rate",
-         "model.head.dropout")
+HOW_MADE = ("strategy.label", "fusion.kind")  # how a row's model was made: the start of its label
+
+
+def choice(group: str) -> str:
+    return CHOICE.get(group, f"{group}.kind")
+
+
+def tuned() -> tuple[str, ...]:
+    """Hyperparameters a sweep tunes, as each registry entry declares them: with ``select_by``, rows that
+    differ only in these are one setting tried several ways, and the report keeps the best on validation."""
+    from transferlab.models import FAMILIES
+    from transferlab.optim import OPTIMIZERS, SCHEDULERS
+    from transferlab.strategies import STRATEGIES
+
+    return tuple(k for registry in (OPTIMIZERS, SCHEDULERS, STRATEGIES, FAMILIES) for k in registry.tunable())
 LR_PEAKS = tuple(names.lr(kind, "peak") for kind in names.LR_KINDS)  # shown when the runs recorded them
 
 
@@ -71,8 +83,19 @@ def _under(key: str, prefixes) -> bool:
 
 
 def setting_key(run: Run) -> tuple:
-    """The run's config without seed and run-specific values: equal keys = same row."""
-    return tuple(sorted((k, v) for k, v in _flatten(run.config).items() if not _under(k, RUN_SPECIFIC)))
+    """The run's config without seed and run-specific values: equal keys = same row. A fused model's
+    config says how it was fused; what it was fused from (its ingredients' model, data and strategy)
+    is part of its setting too, so fusions of other runs never share its row."""
+    config = dict(run.config)
+    if "fusion" in config:
+        m = run.metrics
+
+        def joined(values):
+            return "+".join(map(str, values)) if isinstance(values, list) else values
+        config["ingredients"] = {"model": joined(m.get("ingredient_models", m.get("model"))),
+                                 "data": joined(m.get("ingredient_data", m.get("data"))),
+                                 "strategy": joined(m.get("ingredient_strategies"))}
+    return tuple(sorted((k, v) for k, v in _flatten(config).items() if not _under(k, RUN_SPECIFIC)))
 
 
 def labels(keys: list[tuple]) -> dict[tuple, str]:
@@ -86,7 +109,10 @@ def labels(keys: list[tuple]) -> dict[tuple, str]:
     def explained(key: str) -> bool:
         """True when the key's value follows from its group's name or from the strategy (e.g. the
         tasks and source settings that come with strategy=multitask): the name says it already."""
-        for name in (key.split(".")[0] + ".name", "strategy.name"):
+        group = key.split(".")[0]
+        # a fusion's method may explain what its ingredients are (wise_ft: linear_probe+finetune), never which
+        # runs it chose among them (``where``: "over finetune")
+        for name in (choice(group), HOW_MADE[0], *((HOW_MADE[1],) if group == "ingredients" else ())):
             if key == name or name not in every:
                 continue
             seen = {}
@@ -96,18 +122,18 @@ def labels(keys: list[tuple]) -> dict[tuple, str]:
                 return True
         return False
 
-    names_first = [f"{g}.name" for g in NAMED_GROUPS]
+    names_first = [choice(g) for g in NAMED_GROUPS]
     differing.sort(key=lambda k: (k not in names_first, k))
     out = {}
     for key, d in zip(keys, dicts):
-        parts = [json.loads(d.get("strategy.name", d.get("fusion.name", '"?"')))]  # how the model was made
+        parts = [json.loads(next((d[k] for k in HOW_MADE if k in d), '"?"'))]  # how the model was made
         for k in differing:
-            if k in ("strategy.name", "fusion.name") or k not in d or explained(k):
+            if k in HOW_MADE or k not in d or explained(k):
                 continue  # a setting this row does not have says nothing about it
             value, group = json.loads(d[k]), k.split(".")[0]
             if group == "where":  # a fusion's ingredients: greedy_soup, over finetune
                 parts.append(f"over {value}")
-            elif k == f"{group}.name":
+            elif k == choice(group):
                 parts.append(str(value) if group in NAMED_GROUPS else f"{group}={value}")
             else:
                 parts.append(f"{k}={value}")
@@ -153,8 +179,9 @@ def select(rows: list[Row], metric: str) -> list[Row]:
         raise ConfigError(f"select_by={metric} is not a validation metric; settings are chosen on validation "
                           f"so that test metrics stay unbiased: use e.g. select_by={names.BEST}")
     families: dict[tuple, list[Row]] = {}
+    keys = tuned()
     for row in rows:
-        families.setdefault(tuple(kv for kv in row.key if not _under(kv[0], TUNED)), []).append(row)
+        families.setdefault(tuple(kv for kv in row.key if not _under(kv[0], keys)), []).append(row)
     family_label = labels(sorted(families))
     chosen = []
     for family, tried in families.items():
@@ -163,7 +190,7 @@ def select(rows: list[Row], metric: str) -> list[Row]:
             raise ConfigError(f"select_by={metric}: no finished run of '{tried[0].label}' recorded {metric} in "
                               f"its metrics.json; choose a metric the runs have, e.g. {names.BEST}")
         best = min(scored, key=lambda r: (-r.mean(metric), r.label))
-        differing = sorted({k for r in tried for k, v in r.key if _under(k, TUNED) and
+        differing = sorted({k for r in tried for k, v in r.key if _under(k, keys) and
                             len({dict(t.key).get(k) for t in tried}) > 1})
         values = ", ".join(f"{k}={json.loads(dict(best.key)[k])}" for k in differing if k in dict(best.key))
         chosen.append(Row(family_label[family], best.runs, key=best.key, chosen=values or "(only one setting)",

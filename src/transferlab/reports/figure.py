@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from transferlab import metrics as names  # noqa: E402
-from transferlab.report.collect import read_history  # noqa: E402
-from transferlab.report.table import Row  # noqa: E402
+from transferlab.runs import CANDIDATES, read_history  # noqa: E402
+from transferlab.reports.table import Row  # noqa: E402
 
 
 def mean_curve(row: Row, metric: str = names.MONITOR) -> tuple[list[int], list[float], list[float]]:
@@ -85,14 +85,13 @@ def plot_alpha(rows: list[Row], path: Path) -> Path | None:
     on validation (which chose α), test and every evaluation set; None when no row interpolated."""
     import csv
 
-    from transferlab.fusion import curve_metrics
-
-    tables = [list(csv.DictReader(open(r.dir / "candidates.csv"))) for row in rows for r in row.runs
-              if r.metrics.get("fusion") == "wise_ft" and (r.dir / "candidates.csv").is_file()]
+    tables = [list(csv.DictReader(open(r.dir / CANDIDATES))) for row in rows for r in row.runs
+              if (r.dir / CANDIDATES).is_file()]
+    tables = [t for t in tables if t and all(line.get("alpha") for line in t)]  # candidates along an α axis
     if not tables:
         return None
     fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
-    for metric in curve_metrics(tables[0][0]):
+    for metric in names.accuracies(tables[0][0]):
         points: dict[float, list[float]] = {}
         for table in tables:
             for line in table:
