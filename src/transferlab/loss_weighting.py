@@ -1,10 +1,9 @@
-"""How the tasks' losses add up (``multitask.loss_weighting``, declared in ``choices.LOSS_WEIGHTING``)."""
+"""The modules that add the tasks' losses up (``multitask.loss_weighting``, chosen in ``multitask.py``)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from transferlab.choices import LOSS_WEIGHTING
 from transferlab.tasks import Task
 
 
@@ -44,7 +43,3 @@ class UncertaintyWeights(nn.Module):
 
     def effective_weights(self) -> dict[str, float]:
         return {name: float(0.5 * torch.exp(-s.detach())) for name, s in self.log_vars.items()}
-
-
-def create_loss_weighting(name: str, tasks: list[Task]) -> nn.Module:
-    return LOSS_WEIGHTING.create(name, tasks)

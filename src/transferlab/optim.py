@@ -1,33 +1,74 @@
-"""Optimizers and schedules: parameter groups built once, with their learning-rate scale baked in.
+"""Optimizers and schedules (``optimizer`` and ``scheduler`` groups): parameter groups built once,
+with their learning-rate scale baked in.
 
 Every backbone stage, fine layer and (no-)weight-decay kind gets its own group up front, so a
 strategy that freezes and unfreezes stages never adds groups mid-run. A group's scale (stage scale
 from the strategy x layer-wise decay x ``head_lr_mult`` for heads) is folded into its base ``lr``;
 every scheduler here multiplies each group's own base lr, so the scale holds whatever schedule runs
-(timm applies ``lr_scale`` only inside its own schedulers).
+(timm applies ``lr_scale`` only inside its own schedulers). torch is imported inside the factories:
+the settings are checked while the plan resolves, before it loads.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
-import torch
+from transferlab.registry import Registry
+from transferlab.settings import FRACTION, NON_NEGATIVE, POSITIVE, Settings, setting
 
-from transferlab.choices import OPTIMIZERS, SCHEDULERS  # their entries are the functions below
-from transferlab.errors import ConfigError
-
-
-# OPTIMIZERS: name -> (groups, cfg) -> optimizer; each reads its own keys of the optimizer config
-def sgd(groups, cfg) -> torch.optim.Optimizer:
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.get("momentum", 0.9), nesterov=cfg.get("nesterov", False))
+OPTIMIZERS = Registry("optimizer", "optimizer", modules=("transferlab.optim",))
+SCHEDULERS = Registry("scheduler", "scheduler", modules=("transferlab.optim",))
 
 
-def adam(groups, cfg) -> torch.optim.Optimizer:
-    return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.get("betas", (0.9, 0.999))))
+@dataclass(kw_only=True)
+class Optimizer(Settings):
+    kind: str
+    lr: float = setting(1e-3, POSITIVE, tune=True)  # base learning rate (the heads' is lr * head_lr_mult)
+    weight_decay: float = setting(0.0, NON_NEGATIVE, tune=True)
+    head_lr_mult: float = setting(10.0, POSITIVE, tune=True)
+    layer_decay: float | None = setting(None, (lambda v: v is None or 0 < v <= 1, "null or a number in (0, 1]"),
+                                        tune=True)
+
+    def create(self, groups):
+        raise NotImplementedError
 
 
-def adamw(groups, cfg) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.get("betas", (0.9, 0.999))))
+@OPTIMIZERS.register("sgd")
+@dataclass(kw_only=True)
+class SGD(Optimizer):
+    kind: str = "sgd"
+    momentum: float = setting(0.9, FRACTION, tune=True)
+    nesterov: bool = False
+
+    def create(self, groups):
+        import torch
+
+        return torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov)
+
+
+@OPTIMIZERS.register("adam")
+@dataclass(kw_only=True)
+class Adam(Optimizer):
+    kind: str = "adam"
+    betas: tuple[float, ...] = setting((0.9, 0.999), (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
+                                                      "two numbers in [0, 1)"), tune=True)
+
+    def create(self, groups):
+        import torch
+
+        return torch.optim.Adam(groups, lr=self.lr, betas=tuple(self.betas))
+
+
+@OPTIMIZERS.register("adamw")
+@dataclass(kw_only=True)
+class AdamW(Adam):
+    kind: str = "adamw"
+
+    def create(self, groups):
+        import torch
+
+        return torch.optim.AdamW(groups, lr=self.lr, betas=tuple(self.betas))
 
 
 def param_groups(model, weight_decay: float, head_lr_mult: float = 1.0, layer_decay: float | None = None,
@@ -40,7 +81,7 @@ def param_groups(model, weight_decay: float, head_lr_mult: float = 1.0, layer_de
     skip = model.family.no_weight_decay(model.backbone)
     groups: dict[tuple, dict] = {}
 
-    def add(key, name, p, scale, decay):
+    def add(key, p, scale, decay):
         g = groups.setdefault(key, {"params": [], "lr_scale": scale, "weight_decay": weight_decay if decay else 0.0,
                                     "name": ".".join(str(k) for k in key)})
         g["params"].append(p)
@@ -50,55 +91,100 @@ def param_groups(model, weight_decay: float, head_lr_mult: float = 1.0, layer_de
         decay = p.ndim > 1 and name not in skip
         scale = stage_lr_scale(stage) * (layer_decay ** (model.num_layers - layer) if layer_decay else 1.0)
         key = ("backbone", f"stage{stage}", f"layer{layer}" if layer_decay else "all", "decay" if decay else "no_decay")
-        add(key, name, p, scale, decay)
+        add(key, p, scale, decay)
     for name, p in model.heads.named_parameters():
-        add(("heads", "decay" if p.ndim > 1 else "no_decay"), name, p, head_lr_mult, p.ndim > 1)
+        add(("heads", "decay" if p.ndim > 1 else "no_decay"), p, head_lr_mult, p.ndim > 1)
     for p in extra:
-        add(("extra", "no_decay"), "", p, 1.0, False)
+        add(("extra", "no_decay"), p, 1.0, False)
     return list(groups.values())
 
 
-def create_optimizer(model, cfg, stage_lr_scale=lambda stage: 1.0, extra=()) -> torch.optim.Optimizer:
-    """timm-style factory: ``cfg.name`` picks the class, the rest of ``cfg`` its arguments."""
-    make = OPTIMIZERS.get(cfg.name)
-    if not isinstance(cfg.lr, (int, float)) or cfg.lr <= 0:
-        raise ConfigError(f"optimizer.lr={cfg.lr!r}; the learning rate must be a positive number")
-    groups = param_groups(model, cfg.weight_decay, cfg.head_lr_mult, cfg.get("layer_decay"), stage_lr_scale, extra)
+def create_optimizer(model, cfg, stage_lr_scale=lambda stage: 1.0, extra=()):
+    """timm-style factory: ``cfg.kind`` picks the optimizer (``cfg`` a config node or its settings)."""
+    settings = cfg if isinstance(cfg, Optimizer) else OPTIMIZERS.parse(cfg)
+    groups = param_groups(model, settings.weight_decay, settings.head_lr_mult, settings.layer_decay, stage_lr_scale,
+                          extra)
     for g in groups:
-        g["lr"] = cfg.lr * g["lr_scale"]
-    return make(groups, cfg)
+        g["lr"] = settings.lr * g["lr_scale"]
+    return settings.create(groups)
 
 
-# SCHEDULERS: name -> (optimizer, cfg, warmup, total, per_epoch) -> scheduler; warm-up is linear, in steps
-def cosine(opt, cfg, warmup: int, total: int, per_epoch: int):
+@dataclass(kw_only=True)
+class Scheduler(Settings):
+    """A per-step schedule; warm-up (linear) and step sizes are given in epochs."""
+    kind: str
+    warmup_epochs: float = setting(0, NON_NEGATIVE, tune=True)
+
+    def create(self, opt, warmup: int, total: int, per_epoch: int):
+        raise NotImplementedError
+
+
+def _warm(warmup: int, then: Callable[[int], float]) -> Callable[[int], float]:
+    return lambda i: (i + 1) / warmup if i < warmup else then(i)
+
+
+@SCHEDULERS.register("cosine")
+@dataclass(kw_only=True)
+class Cosine(Scheduler):
     """Cosine decay to ``min_lr_ratio`` of each group's rate after the warm-up."""
-    min_ratio = cfg.get("min_lr_ratio", 0.0)
+    kind: str = "cosine"
+    min_lr_ratio: float = setting(0.0, FRACTION, tune=True)
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    def create(self, opt, warmup, total, per_epoch):
+        import torch
+
+        def factor(step: int) -> float:
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return torch.optim.lr_scheduler.LambdaLR(opt, _warm(warmup, factor))
 
 
-def step(opt, cfg, warmup: int, total: int, per_epoch: int):
+@SCHEDULERS.register("step")
+@dataclass(kw_only=True)
+class Step(Scheduler):
     """Multiplied by ``gamma`` every ``step_epochs`` epochs after the warm-up."""
-    every, gamma = max(1, int(cfg.step_epochs * per_epoch)), cfg.gamma
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (i + 1) / warmup if i < warmup else gamma ** (i // every))
+    kind: str = "step"
+    step_epochs: float = setting(5, POSITIVE)
+    gamma: float = setting(0.1, POSITIVE)
+
+    def create(self, opt, warmup, total, per_epoch):
+        import torch
+
+        every = max(1, int(self.step_epochs * per_epoch))
+        return torch.optim.lr_scheduler.LambdaLR(opt, _warm(warmup, lambda i: self.gamma ** (i // every)))
 
 
-def onecycle(opt, cfg, warmup: int, total: int, per_epoch: int):
-    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
-                                               total_steps=max(total, 1), pct_start=cfg.pct_start)
+@SCHEDULERS.register("onecycle")
+@dataclass(kw_only=True)
+class OneCycle(Scheduler):
+    kind: str = "onecycle"
+    pct_start: float = setting(0.3, (lambda v: 0 < v < 1, "a number in (0, 1)"))
+
+    def create(self, opt, warmup, total, per_epoch):
+        import torch
+
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                                   total_steps=max(total, 1), pct_start=self.pct_start)
 
 
-def constant(opt, cfg, warmup: int, total: int, per_epoch: int):
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (i + 1) / warmup if i < warmup else 1.0)
+@SCHEDULERS.register("constant")
+@dataclass(kw_only=True)
+class Constant(Scheduler):
+    kind: str = "constant"
+
+    def create(self, opt, warmup, total, per_epoch):
+        import torch
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, _warm(warmup, lambda i: 1.0))
 
 
 def create_scheduler(optimizer, cfg, total_steps: int, steps_per_epoch: int) -> dict:
-    """A per-step schedule in Lightning's dict form; warm-up and step size are given in epochs."""
-    make = SCHEDULERS.get(cfg.name)
-    warmup = int(round(cfg.get("warmup_epochs", 0) * steps_per_epoch))
-    return {"scheduler": make(optimizer, cfg, warmup, total_steps, steps_per_epoch), "interval": "step", "frequency": 1}
+    """A per-step schedule in Lightning's dict form (``cfg`` a config node or its settings)."""
+    settings = cfg if isinstance(cfg, Scheduler) else SCHEDULERS.parse(cfg)
+    warmup = int(round(settings.warmup_epochs * steps_per_epoch))
+    return {"scheduler": settings.create(optimizer, warmup, total_steps, steps_per_epoch), "interval": "step",
+            "frequency": 1}
+
+
+__all__ = ["OPTIMIZERS", "SCHEDULERS", "Optimizer", "Scheduler", "create_optimizer", "create_scheduler",
+           "param_groups"]

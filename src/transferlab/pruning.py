@@ -12,7 +12,7 @@ import optuna
 from pytorch_lightning import Callback
 
 from transferlab import metrics as names
-from transferlab import tracking
+from transferlab.runs import RunDir
 from transferlab.errors import ConfigError
 from transferlab.studies import load_trial
 
@@ -46,7 +46,7 @@ class OptunaPruning(Callback):
         if trainer.strategy.broadcast(prune):
             reason = f"pruned after epoch {epoch}: {self.metric}={float(value):.4f}"
             if trainer.is_global_zero:
-                tracking.write_json(self.run_dir / "pruned.json", {
+                RunDir(self.run_dir).write_pruned({
                     "reason": reason, "epoch": epoch, "metric": self.metric, "value": float(value),
                     "trial": self.trial.number, "study": self.trial.study.study_name, **self.describe})
             raise Pruned(reason)

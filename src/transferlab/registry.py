@@ -1,88 +1,102 @@
-"""One way to choose an implementation: a config key names it, a registry maps the name to a factory.
+"""One way to choose an implementation: a config group's ``kind`` names it, a registry maps the name to
+an entry, and the entry owns its group.
 
-Every config group that picks code (model family, data kind, strategy, optimizer, scheduler, loss
-weighting, logger, fusion method) has one ``Registry``; an unknown name is the same one-paragraph
-error everywhere, and a saved config can only ever name something registered here (never an import
-path). The built-in entries are declared by path in ``transferlab.choices`` and imported on first use,
-so names, "did you mean" and settings checks answer before torch, timm or Lightning is imported.
+An entry is a ``Settings`` class (``transferlab.settings``): its fields are the keys the group takes,
+with their types and rules, those a sweep may tune (``tune=True``) and what the implementation does
+(its methods); ``register`` adds its capabilities (``modality="text"``, ...). Entries live one module
+each (or a few per module) in the group's package and register themselves when it is imported; the
+registry imports the package's entry modules on first use. Entry modules import nothing heavy at the
+top (torch, timm, Lightning, transformers come inside the methods that need them), so names, "did you
+mean" and settings checks answer in about a second, before the training stack loads. Adding a
+strategy, a fusion method or a data kind is its module plus its YAML file.
 """
 from __future__ import annotations
 
 import difflib
 import importlib
-import inspect
-from collections.abc import Callable, Iterable
+import pkgutil
+from dataclasses import dataclass, field
 
 from transferlab.errors import ConfigError
 
 
-class Registry:
-    def __init__(self, what: str, key: str):
-        """``what`` names the choice in errors ("strategy"), ``key`` is the config key that makes it."""
-        self.what, self.key = what, key
-        self._entries: dict[str, Callable | str] = {}  # a str is "module:attr", imported by ``get``
-        self._settings: dict[str, tuple[str, ...]] = {}
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    cls: type  # a Settings subclass: settings and implementation
+    capabilities: dict = field(default_factory=dict)
 
-    def register(self, name: str, factory: Callable | str | None = None, *, settings: Iterable[str] | None = None):
-        """``REG.register("x", f)``, ``@REG.register("x")`` on a class or function, or
-        ``REG.register("x", "module:attr")``: imported when first used. ``settings``: the keyword
-        arguments the factory takes, declared so ``check_settings`` needs no import."""
-        def add(obj):
-            if name in self._entries:
+    def __getattr__(self, key):
+        try:
+            return self.capabilities[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+class Registry:
+    def __init__(self, group: str, what: str, *, package: str | None = None, modules: tuple[str, ...] = (),
+                 support: tuple[str, ...] = ("base",), key: str = "kind"):
+        """``group``: the config key of the group (``strategy``); ``what`` names it in errors; entries are
+        found in every module of ``package`` except the ``support`` ones, or in ``modules``."""
+        self.group, self.what, self.key = group, what, key
+        self.package, self.modules, self.support = package, tuple(modules), tuple(support)
+        self._entries: dict[str, Entry] = {}
+        self._loaded = False
+
+    def register(self, name: str, **capabilities):
+        """``@REG.register("x", modality="image")`` on the entry's Settings class."""
+        def add(cls):
+            if name in self._entries and self._entries[name].cls is not cls:
                 raise ValueError(f"{self.what} '{name}' is registered twice")
-            self._entries[name] = obj
-            if settings is not None:
-                self._settings[name] = tuple(settings)
-            return obj
-        return add if factory is None else add(factory)
+            self._entries[name] = Entry(name, cls, capabilities)
+            cls._what = f"{self.what} '{name}'"  # how its settings' errors name it
+            return cls
+        return add
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        names = list(self.modules)
+        if self.package:
+            package = importlib.import_module(self.package)
+            names += [f"{self.package}.{m.name}" for m in pkgutil.iter_modules(package.__path__)
+                      if m.name not in self.support and not m.name.startswith("_")]
+        for module in names:
+            importlib.import_module(module)
 
     def names(self) -> list[str]:
-        """In registration order (the order the docs list them in)."""
+        self._load()
         return list(self._entries)
 
     def __contains__(self, name) -> bool:
-        return name in self._entries
+        return name in self.names()
 
-    def get(self, name, key: str | None = None) -> Callable:
-        """``key``: the config key that holds ``name`` when it is not always the same (one per logger)."""
-        self.check(name, key)
-        entry = self._entries[name]
-        if isinstance(entry, str):
-            module, attr = entry.split(":")
-            entry = self._entries[name] = getattr(importlib.import_module(module), attr)
-        return entry
+    def entries(self) -> list[Entry]:
+        self._load()
+        return list(self._entries.values())
 
-    def check(self, name, key: str | None = None) -> None:
-        """Refuse a name that is not registered, without importing any implementation."""
+    def entry(self, name, where: str | None = None) -> Entry:
+        """The entry of ``name``, or the one "unknown ..." error every group gives."""
+        names = self.names()
         if name not in self._entries:
-            close = difflib.get_close_matches(str(name), self.names(), n=3, cutoff=0.5)
+            close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.5)
             hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-            raise ConfigError(f"unknown {self.what} '{name}' ({key or self.key}={name}); {hint}"
-                              f"valid: {', '.join(self.names())}")
+            where = where or f"{self.group}.{self.key}"
+            raise ConfigError(f"unknown {self.what} '{name}' ({where}={name}); {hint}valid: {', '.join(names)}")
+        return self._entries[name]
 
-    def settings(self, name) -> tuple[str, ...]:
-        """The keyword arguments the factory of ``name`` takes: declared, or read from its signature."""
-        self.check(name)
-        if name in self._settings:
-            return self._settings[name]
-        factory, accepted = self.get(name), []
-        for cls in (factory.__mro__ if inspect.isclass(factory) else (factory,)):
-            if cls is object:
-                continue
-            params = inspect.signature(cls.__init__ if inspect.isclass(cls) else cls).parameters.values()
-            accepted += [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"]
-            if not any(p.kind == p.VAR_KEYWORD for p in params):
-                break
-        return tuple(dict.fromkeys(accepted))
+    def parse(self, node, where: str | None = None):
+        """The typed settings of a group's node: its ``kind``'s entry checks every key and value."""
+        where = where or self.group
+        if node is None or not hasattr(node, "get"):
+            raise ConfigError(f"{where}={node!r} is not valid: it must be a mapping with a {self.key} "
+                              f"(one of {', '.join(self.names())})")
+        if node.get(self.key) is None:
+            raise ConfigError(f"{where}.{self.key} is not set; valid: {', '.join(self.names())}")
+        return self.entry(node.get(self.key), f"{where}.{self.key}").cls.parse(node, where)
 
-    def check_settings(self, name, settings: dict) -> None:
-        """Refuse settings the factory does not take, naming the ones it does (no object is built)."""
-        accepted = self.settings(name)
-        unknown = sorted(set(settings) - set(accepted))
-        if unknown:
-            prefix = self.key.rsplit(".", 1)[0]
-            raise ConfigError(f"{prefix} setting(s) {', '.join(f'{prefix}.{k}' for k in unknown)} are not valid "
-                              f"for {self.what} '{name}'; its settings are: {', '.join(accepted)}")
-
-    def create(self, name, /, *args, **kwargs):
-        return self.get(name)(*args, **kwargs)
+    def tunable(self) -> list[str]:
+        """Every key a sweep may tune in this group, over all its entries (``strategy.lp_epochs``)."""
+        keys = {f"{self.group}.{k}": None for e in self.entries() for k in e.cls.tunable()}
+        return list(keys)

@@ -6,18 +6,66 @@ from __future__ import annotations
 
 import fcntl
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 
 from transferlab.errors import ConfigError
+from transferlab.registry import Registry
+from transferlab.settings import NON_NEGATIVE_INT, POSITIVE_INT, Settings, setting
 
-PRUNERS = {  # hydra.sweeper.pruner -> Optuna pruner; its arguments come from hydra.sweeper.pruners.<name>
-    "median": optuna.pruners.MedianPruner,
-    "hyperband": optuna.pruners.HyperbandPruner,
-    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-}
-PRUNER = "pruner"  # study user attr: {name, **arguments}, read by every trial to prune as its sweeper asked
+PRUNERS = Registry("hydra.sweeper.pruner", "pruner", modules=("transferlab.studies",))
+PRUNER = "pruner"  # study user attr: {kind, **arguments}, read by every trial to prune as its sweeper asked
+
+
+@dataclass(kw_only=True)
+class Pruner(Settings):
+    """An Optuna pruner (``hydra/sweeper/pruner=<kind>``): stops unpromising trials after a validation epoch."""
+    kind: str
+
+    def create(self) -> optuna.pruners.BasePruner:
+        raise NotImplementedError
+
+
+@PRUNERS.register("median")
+@dataclass(kw_only=True)
+class Median(Pruner):
+    """Stop a trial below the median of earlier trials at the same epoch."""
+    kind: str = "median"
+    n_startup_trials: int = setting(5, NON_NEGATIVE_INT)  # complete trials before any pruning
+    n_warmup_steps: int = setting(0, NON_NEGATIVE_INT)  # epochs of a trial that are never pruned
+    interval_steps: int = setting(1, POSITIVE_INT)
+    n_min_trials: int = setting(1, POSITIVE_INT)
+
+    def create(self):
+        return optuna.pruners.MedianPruner(self.n_startup_trials, self.n_warmup_steps, self.interval_steps,
+                                           n_min_trials=self.n_min_trials)
+
+
+@PRUNERS.register("hyperband")
+@dataclass(kw_only=True)
+class Hyperband(Pruner):
+    """Successive halving over several brackets."""
+    kind: str = "hyperband"
+    min_resource: int = setting(1, POSITIVE_INT)  # epochs every trial gets
+    reduction_factor: int = setting(3, (lambda v: v >= 2, "an integer >= 2"))
+
+    def create(self):
+        return optuna.pruners.HyperbandPruner(min_resource=self.min_resource, reduction_factor=self.reduction_factor)
+
+
+@PRUNERS.register("successive_halving")
+@dataclass(kw_only=True)
+class SuccessiveHalving(Pruner):
+    """One bracket of successive halving."""
+    kind: str = "successive_halving"
+    min_resource: int = setting(1, POSITIVE_INT)
+    reduction_factor: int = setting(4, (lambda v: v >= 2, "an integer >= 2"))
+
+    def create(self):
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=self.min_resource,
+                                                      reduction_factor=self.reduction_factor)
 ERROR = "error"  # trial user attr: the job ran and failed. A FAIL without it was lost (its sweeper died).
 
 
@@ -58,17 +106,14 @@ def _file_lock(path: Path | None):
 
 
 def create_pruner(spec: dict | None) -> optuna.pruners.BasePruner:
-    """``{name, **arguments}`` -> the pruner; ``None`` never prunes."""
-    if not spec:
+    """``{kind, **arguments}`` -> the pruner; ``None`` or no kind never prunes (``name`` is how
+    studies created before ``kind`` spelt it)."""
+    spec = dict(spec or {})
+    if "name" in spec and "kind" not in spec:
+        spec["kind"] = spec.pop("name")
+    if not spec.get("kind"):
         return optuna.pruners.NopPruner()
-    args = dict(spec)
-    name = args.pop("name")
-    if name not in PRUNERS:
-        raise ConfigError(f"hydra.sweeper.pruner={name} is not a pruner; choose one of null, {', '.join(PRUNERS)}")
-    try:
-        return PRUNERS[name](**args)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"hydra.sweeper.pruners.{name}={args} is not valid: {e}") from None
+    return PRUNERS.parse(spec, "hydra.sweeper.pruner").create()
 
 
 def load_trial(spec) -> optuna.Trial:

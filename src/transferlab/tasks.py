@@ -1,29 +1,31 @@
-"""Tasks. A single-task run is the one-task case of the same code (their losses add up in loss_weighting.py).
+"""Tasks (``tasks.<name>``): what a run learns. A single-task run is the one-task case of the same code.
 
-A task names a label column of a dataset and a head. Tasks that read the run's own ``data`` share
-one data stream (several label columns of the same images); a task with ``data`` overrides gets a
-stream of its own (e.g. digits 0-4 as an auxiliary task next to few-shot digits 5-9).
+A task is a head on the shared backbone and what it predicts: ``classification`` (a label column of
+a dataset) or ``mlm`` (masked-language modelling: the ids of tokens the text inputs mask). Tasks that
+read the run's own ``data`` share one data stream (several label columns of the same items); a task
+with ``data`` overrides gets a stream of its own (e.g. digits 0-4 as an auxiliary task next to
+few-shot digits 5-9). Their losses add up in ``multitask``'s loss weighting.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-
-from omegaconf import DictConfig, OmegaConf
+from typing import Literal
 
 from transferlab.errors import ConfigError, DataError
+from transferlab.registry import Registry
+from transferlab.settings import POSITIVE_INT, Settings, optional, setting
 
-TASK_KEYS = ("label", "num_classes", "weight", "data")
+TASKS = Registry("tasks", "task kind", modules=("transferlab.tasks",))
 
 
-@dataclass(frozen=True)
-class Task:
-    name: str
-    num_classes: int
-    class_names: list[str] = field(default_factory=list)
-    label: str = "label"          # label column of the task's dataset
-    weight: float = 1.0
-    data: dict = field(default_factory=dict)  # overrides of the run's data config; {} = the run's data
+class _Reads:
+    """Where a task's batches come from, for its spec and for the complete task alike."""
+
+    @property
+    def reads_labels(self) -> bool:
+        """Whether its labels are a column of the dataset (else the inputs make them)."""
+        return not self.token_level
 
     @property
     def stream(self) -> str:
@@ -31,44 +33,111 @@ class Task:
         return stream_of(self.data, self.name)
 
 
+@dataclass(kw_only=True)
+class TaskSpec(Settings, _Reads):
+    kind: str
+    weight: float = 1.0  # loss weight
+    data: dict = setting(factory=dict)  # overrides of the run's data for a dataset of its own; {} = the run's
+    name: str = field(default="", init=False)  # its key in ``tasks``
+    column = "label"
+    token_level = False  # predicts single tokens (the family's ``encode_tokens``), not whole inputs
+
+    def check(self, where):
+        w = self.weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ConfigError(f"task '{where.removeprefix('tasks.')}' has weight {w!r}; loss weights must be finite "
+                              f"numbers >= 0")
+
+
+@TASKS.register("classification")
+@dataclass(kw_only=True)
+class Classification(TaskSpec):
+    kind: str = "classification"
+    column: str = "label"  # the label column of the task's dataset
+    num_classes: int | None = setting(None, optional(POSITIVE_INT))  # null = read from the data
+
+
+@TASKS.register("mlm")
+@dataclass(kw_only=True)
+class MaskedLM(TaskSpec):
+    """Masked-language modelling on the data's texts (labels unused): BERT's masking of ``probability``
+    of the tokens; its classes are the model's vocabulary."""
+    kind: str = "mlm"
+    column: Literal["token"] = "token"  # the masked tokens' ids, made by the text inputs
+    num_classes: int = setting(rule=POSITIVE_INT)  # the model's vocabulary size
+    probability: float = setting(0.15, (lambda v: 0 < v < 1, "a number in (0, 1)"))
+    token_level = True
+
+
+@dataclass(frozen=True)
+class Task(_Reads):
+    """A task complete with its classes, as the module and the checkpoint hold it."""
+    name: str
+    num_classes: int
+    class_names: list[str] = field(default_factory=list)
+    column: str = "label"  # label column of the task's dataset
+    weight: float = 1.0
+    data: dict = field(default_factory=dict)  # overrides of the run's data config; {} = the run's data
+    kind: str = "classification"
+    probability: float | None = None  # mlm: share of tokens masked
+
+    @property
+    def token_level(self) -> bool:
+        return TASKS.entry(self.kind).cls.token_level
+
+    def record(self) -> dict:
+        """What a checkpoint keeps (plain values)."""
+        return {"name": self.name, "kind": self.kind, "column": self.column, "num_classes": self.num_classes,
+                "class_names": list(self.class_names), "probability": self.probability, "weight": self.weight,
+                "data": dict(self.data)}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Task":
+        return cls(name=record["name"], num_classes=int(record["num_classes"]),
+                   class_names=list(record.get("class_names") or []), column=record.get("column", "label"),
+                   kind=record.get("kind", "classification"), probability=record.get("probability"),
+                   weight=record.get("weight", 1.0), data=dict(record.get("data") or {}))
+
+
 def stream_of(data: dict, task_name: str) -> str:
     return "data" if not data else f"data:{task_name}"
 
 
-def task_specs(tasks_cfg: DictConfig | dict, monitor: str | None = None) -> dict[str, dict]:
+def task_specs(tasks_cfg, monitor: str | None = None) -> list[TaskSpec]:
     """The ``tasks`` mapping (name -> spec) checked before any data is read; ``null`` entries dropped."""
-    spec = OmegaConf.to_container(tasks_cfg, resolve=True) if isinstance(tasks_cfg, DictConfig) else dict(tasks_cfg)
-    specs = {}
-    for name, t in spec.items():
-        if t is None:  # `tasks.main=null` removes an inherited task
+    specs = []
+    for name, node in (tasks_cfg or {}).items():
+        if node is None:  # `tasks.main=null` removes an inherited task
             continue
-        t = dict(t)
-        unknown = set(t) - set(TASK_KEYS)
-        if unknown:
-            raise ConfigError(f"task '{name}' has unknown keys {sorted(unknown)}; valid: {', '.join(TASK_KEYS)}")
-        weight = t.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-            raise ConfigError(f"task '{name}' has weight {weight!r}; loss weights must be finite numbers >= 0")
-        specs[str(name)] = {"label": t.get("label", "label"), "num_classes": t.get("num_classes"),
-                            "weight": float(weight), "data": t.get("data") or {}}
+        plain = dict(node) if hasattr(node, "items") else node
+        if isinstance(plain, dict) and plain.get("kind") is None:
+            plain = {**plain, "kind": "classification"}
+        spec = TASKS.parse(plain, f"tasks.{name}")
+        spec.name = str(name)
+        specs.append(spec)
     if not specs:
-        raise ConfigError("no tasks declared: `tasks` needs at least one entry, e.g. tasks.main.label=label")
-    if all(t["weight"] == 0 for t in specs.values()):
-        raise ConfigError(f"all task weights are zero ({', '.join(specs)}): nothing would train")
-    if monitor is not None and monitor not in specs:
-        raise ConfigError(f"multitask.monitor='{monitor}' is not a declared task; declared: {', '.join(specs)}")
+        raise ConfigError("no tasks declared: `tasks` needs at least one entry, e.g. tasks.main.column=label")
+    if all(t.weight == 0 for t in specs):
+        raise ConfigError(f"all task weights are zero ({', '.join(t.name for t in specs)}): nothing would train")
+    names = [t.name for t in specs]
+    if monitor is not None and monitor not in names:
+        raise ConfigError(f"multitask.monitor='{monitor}' is not a declared task; declared: {', '.join(names)}")
     return specs
 
 
-def create_tasks(specs: dict[str, dict], class_names: dict[str, list[str]]) -> list[Task]:
+def create_tasks(specs: list[TaskSpec], class_names: dict[str, list[str]]) -> list[Task]:
     """Complete tasks: ``class_names[task]`` are the classes its data has in its label column."""
     tasks = []
-    for name, spec in specs.items():
-        names = list(class_names[name])
-        if spec["num_classes"] is not None and spec["num_classes"] != len(names):
-            raise DataError(f"task '{name}' declares num_classes={spec['num_classes']} but its data has "
-                            f"{len(names)} classes in column '{spec['label']}' ({', '.join(names[:10])}); "
-                            f"drop num_classes or fix it")
-        tasks.append(Task(name=name, num_classes=len(names), class_names=names, label=spec["label"],
-                          weight=spec["weight"], data=spec["data"]))
+    for spec in specs:
+        if spec.reads_labels:
+            names = list(class_names[spec.name])
+            if spec.num_classes is not None and spec.num_classes != len(names):
+                raise DataError(f"task '{spec.name}' declares num_classes={spec.num_classes} but its data has "
+                                f"{len(names)} classes in column '{spec.column}' ({', '.join(names[:10])}); "
+                                f"drop num_classes or fix it")
+        else:
+            names = [str(i) for i in range(spec.num_classes)]
+        tasks.append(Task(name=spec.name, num_classes=len(names), class_names=names, column=spec.column,
+                          weight=spec.weight, data=spec.data, kind=spec.kind,
+                          probability=getattr(spec, "probability", None)))
     return tasks

@@ -1,76 +1,121 @@
-"""What a run leaves behind besides checkpoints: loggers, ``env.json``, ``metrics.json``.
+"""What a run records besides checkpoints: its loggers (the ``logger`` group) and ``env.json``.
 
-Files are written to a temporary name and renamed, so a crash never leaves half a file where a
-good one was, and ``metrics.json`` (written last) means the run finished. Nothing that looks like a
-secret (a variable or key named *KEY*, *TOKEN*, *SECRET*, or its value) is ever written.
+Each ``logger.<entry>`` names its implementation by ``kind`` (``LOGGERS``: csv, wandb, tensorboard)
+and takes that logger's settings. W&B runs offline unless the user chose a mode, never records a
+secret, and every logger's run ends with the job (``finish``), so each job of a sweep is a run of
+its own. Lightning and torch are imported only when loggers are created.
 """
 from __future__ import annotations
 
-import json
+import functools
 import logging
-import math
 import os
 import platform
 import subprocess
 import sys
-import tempfile
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import torch
-import yaml
-from pytorch_lightning.utilities import rank_zero_only
-
-from transferlab.choices import LOGGERS
-from transferlab.redact import REDACTED, SECRET_NAME, argv_scrubbed, scrub  # noqa: F401 - re-exported
+from transferlab.redact import argv_scrubbed, scrub
+from transferlab.registry import Registry
+from transferlab.settings import Settings, setting
 
 log = logging.getLogger(__name__)
 
+LOGGERS = Registry("logger.<entry>", "logger", modules=("transferlab.tracking",))
 PACKAGES = ("torch", "torchvision", "timm", "pytorch-lightning", "hydra-core", "omegaconf", "wandb",
-            "torchmetrics", "numpy", "scikit-learn", "transferlab")
+            "torchmetrics", "numpy", "scikit-learn", "transformers", "tokenizers", "transferlab")
 
 
+@LOGGERS.register("csv")
+@dataclass(kw_only=True)
+class Csv(Settings):
+    """Metrics as CSV in <run_dir>/<name>/metrics.csv (what tl-report draws learning curves from)."""
+    kind: str = "csv"
+    name: str = "csv"
+    version: str = ""
+    prefix: str = ""
+    flush_logs_every_n_steps: int = 100
 
-def write_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the run from the user's group
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    def create(self, run_dir: Path):
+        return _continued_csv_logger()(save_dir=str(run_dir), name=self.name, version=self.version,
+                                       prefix=self.prefix, flush_logs_every_n_steps=self.flush_logs_every_n_steps)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+@LOGGERS.register("wandb")
+@dataclass(kw_only=True)
+class Wandb(Settings):
+    """Weights & Biases, offline unless WANDB_MODE says otherwise."""
+    kind: str = "wandb"
+    project: str = "transferlab"
+    entity: str | None = None
+    group: str | None = None
+    job_type: str | None = None
+    name: str | None = None
+    tags: list[str] = setting(factory=list)
+    notes: str | None = None
+    log_model: bool = False
+    offline: bool = False
+
+    def create(self, run_dir: Path):
+        from pytorch_lightning.loggers import WandbLogger
+
+        extra = {k: v for k, v in (("entity", self.entity), ("notes", self.notes)) if v is not None}
+        previous = sorted(p for p in (Path(run_dir) / "wandb").glob("*run-*-*") if p.is_dir())
+        if previous:  # a resumed run continues its W&B run (``wandb sync`` joins the parts under one id)
+            extra.update(id=previous[-1].name.rsplit("-", 1)[1], resume="allow")
+        return WandbLogger(save_dir=str(run_dir), project=self.project, group=self.group, job_type=self.job_type,
+                           name=self.name, tags=list(self.tags), log_model=self.log_model, offline=self.offline,
+                           **extra)
 
 
-def strict_json(obj):
-    """JSON has no NaN or infinity (Python writes them, most readers refuse them): null instead."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict_json(v) for v in obj]
-    return obj
+@LOGGERS.register("tensorboard")
+@dataclass(kw_only=True)
+class Tensorboard(Settings):
+    """TensorBoard event files in <run_dir>/<name>."""
+    kind: str = "tensorboard"
+    name: str = "tensorboard"
+    version: str = ""
+    default_hp_metric: bool = False
+    log_graph: bool = False
+
+    def create(self, run_dir: Path):
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(save_dir=str(run_dir), name=self.name, version=self.version,
+                                 default_hp_metric=self.default_hp_metric, log_graph=self.log_graph)
 
 
-def write_json(path: Path, obj) -> None:
-    write_atomic(path, json.dumps(strict_json(scrub(obj)), indent=2, sort_keys=True, default=str,
-                                  allow_nan=False) + "\n")
+@functools.cache
+def _continued_csv_logger():
+    """Lightning's CSVLogger, except that it continues an existing metrics.csv: its writer deletes the file
+    when it starts, which would erase the epochs a resumed run logged before it was interrupted."""
+    import csv
+
+    from pytorch_lightning.loggers import CSVLogger
+
+    class ContinuedCSVLogger(CSVLogger):
+        @property
+        def experiment(self):
+            if self._experiment is not None:
+                return self._experiment
+            path = Path(self.log_dir) / "metrics.csv"
+            kept = path.read_bytes() if path.is_file() else None
+            experiment = CSVLogger.experiment.fget(self)
+            if kept is not None and hasattr(experiment, "metrics_keys"):  # rank 0's writer, not a dummy
+                path.write_bytes(kept)
+                with open(path, newline="") as f:
+                    experiment.metrics_keys = sorted(next(csv.reader(f), []))  # new keys rewrite the header
+            return experiment
+
+    return ContinuedCSVLogger
 
 
-def write_yaml(path: Path, obj) -> None:
-    write_atomic(path, yaml.safe_dump(scrub(obj), sort_keys=False))
+def parse_loggers(logger_cfg) -> dict[str, Settings]:
+    """``logger``: entry name -> its settings (null entries dropped)."""
+    return {name: LOGGERS.parse(spec, f"logger.{name}") for name, spec in (logger_cfg or {}).items()
+            if spec is not None}
 
 
 def git_state(path: Path) -> dict:
@@ -87,6 +132,8 @@ def git_state(path: Path) -> dict:
 
 
 def environment() -> dict:
+    import torch
+
     versions = {}
     for name in PACKAGES:
         try:
@@ -106,24 +153,25 @@ def environment() -> dict:
     }
 
 
-def create_loggers(logger_cfg, run_dir: Path) -> list:
-    """Instantiate every logger of the ``logger`` group; W&B runs offline unless the user chose a mode."""
+def create_loggers(loggers: dict[str, Settings], run_dir: Path) -> list:
+    """Every logger of the ``logger`` group (parsed settings); W&B runs offline unless the user chose a mode."""
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
-    loggers = []
-    for spec in (logger_cfg or {}).values():
-        if spec is None:
-            continue
-        kind, settings = spec["kind"], {k: v for k, v in dict(spec).items() if k != "kind"}
-        logger = LOGGERS.create(kind, save_dir=str(run_dir), **settings)
-        if kind == "wandb":
+    created = []
+    for settings in loggers.values():
+        logger = settings.create(Path(run_dir))
+        if settings.kind == "wandb":
             logger = _wandb_or_offline(logger, settings, run_dir)
-        loggers.append(logger)
-    return loggers
+        created.append(logger)
+    return created
 
 
 def _wandb_or_offline(logger, settings, run_dir):
     """Start the W&B run now; if the server cannot be reached, warn and keep the run offline."""
+    from dataclasses import replace
+
+    from pytorch_lightning.utilities import rank_zero_only
+
     if not rank_zero_only.rank == 0:
         return logger
     try:
@@ -137,7 +185,7 @@ def _wandb_or_offline(logger, settings, run_dir):
 
         os.environ["WANDB_MODE"] = "offline"
         wandb.teardown()  # wandb keeps the failed mode in its process-wide settings otherwise
-        logger = LOGGERS.create("wandb", save_dir=str(run_dir), **dict(settings, offline=True))
+        logger = replace(settings, offline=True).create(Path(run_dir))
         with argv_scrubbed():
             logger.experiment  # noqa: B018
         return logger
@@ -150,6 +198,8 @@ def log_config(loggers, config: dict) -> None:
 
 def finish(loggers, status: str = "success") -> None:
     """End each logger's run, failed ones too, so every job of a multirun is its own W&B run."""
+    from pytorch_lightning.utilities import rank_zero_only
+
     for logger in loggers:
         logger.finalize(status)
         if type(logger).__name__ == "WandbLogger" and rank_zero_only.rank == 0:

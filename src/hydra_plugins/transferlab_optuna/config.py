@@ -15,7 +15,7 @@ from omegaconf import MISSING
 @dataclass
 class OptunaSweeperConf:
     _target_: str = "hydra_plugins.transferlab_optuna.sweeper.OptunaSweeper"
-    defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
+    defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
     sampler: Any = MISSING  # hydra/sweeper/sampler
     direction: str = "maximize"  # of the value tl-train returns (`objective`)
     study_name: Optional[str] = None  # null: the sweep directory's name
@@ -23,8 +23,7 @@ class OptunaSweeperConf:
     n_trials: int = 20  # finished (complete, pruned or failed) trials in the whole study
     n_jobs: int = 1  # trials handed to the launcher at once
     max_failure_rate: float = 1.0  # stop the search once more than this fraction of its trials failed
-    pruner: Optional[str] = None  # a name of PRUNERS (transferlab.studies), or null
-    pruners: Dict[str, Any] = field(default_factory=dict)  # pruner name -> its arguments
+    pruner: Any = MISSING  # hydra/sweeper/pruner: {kind: a name of transferlab.studies.PRUNERS, its arguments}
     heartbeat_interval: int = 60  # seconds between the sweeper's "still running" marks of its trials
     grace_period: Optional[int] = None  # a RUNNING trial unmarked this long was lost (null: 2 x interval)
     params: Optional[Dict[str, Any]] = None  # config key -> Hydra sweep syntax or an Optuna distribution
@@ -45,5 +44,6 @@ SAMPLERS = {  # name -> the Optuna sampler and the arguments the config shows
 
 store = ConfigStore.instance()
 store.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="transferlab")
+store.store(group="hydra/sweeper/pruner", name="none", node={"kind": None}, provider="transferlab")  # never prunes
 for name, node in SAMPLERS.items():
     store.store(group="hydra/sweeper/sampler", name=name, node=node, provider="transferlab")

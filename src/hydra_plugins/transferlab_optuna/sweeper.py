@@ -151,11 +151,12 @@ def _heartbeat(storage, trials, interval: int):
 
 class OptunaSweeper(Sweeper):
     def __init__(self, sampler: Any, direction: str, study_name: str | None, storage: str | None, n_trials: int,
-                 n_jobs: int, max_failure_rate: float, pruner: str | None, pruners: DictConfig,
+                 n_jobs: int, max_failure_rate: float, pruner: DictConfig | None,
                  heartbeat_interval: int, grace_period: int | None, params: DictConfig | None) -> None:
         self.sampler, self.direction, self.study_name, self.storage = sampler, direction, study_name, storage
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
-        self.pruner = {"name": pruner, **OmegaConf.to_container(pruners).get(pruner, {})} if pruner else None
+        spec = OmegaConf.to_container(pruner, resolve=True) if OmegaConf.is_config(pruner) else pruner
+        self.pruner = spec if spec and spec.get("kind") else None
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
         self.params = OmegaConf.to_container(params) if params is not None else {}
 
@@ -346,11 +347,11 @@ class OptunaSweeper(Sweeper):
 
 def _failure(ret) -> str | None:
     """A tl-train job that failed returns nothing and leaves failed.json with the reason."""
-    import json
+    from transferlab import runs
 
     try:
-        run_dir = Path(ret.hydra_cfg.hydra.runtime.output_dir)  # the job's directory, as paths.run_dir
-        return json.loads((run_dir / "failed.json").read_text())["error"]
+        run = runs.read_run(Path(ret.hydra_cfg.hydra.runtime.output_dir))  # the job's directory
+        return run.error if run.status == "failed" else None
     except Exception:  # noqa: BLE001 - no reason recorded: the caller says what the job returned
         return None
 

@@ -3,7 +3,7 @@
 A model is evaluated on shifted copies of its data: the same images, corrupted by one of these at a
 severity 1 (mild) .. 5 (strong). Each corruption is ``(RGB image, severity, rng) -> RGB image`` of
 the same size, with one small table of strengths per corruption, like ImageNet-C's. The rng is
-seeded per item (``LabeledImages.__getitem__``), so the shifted images are fixed: every run, every
+seeded per item (``images.LabeledImages.__getitem__``), so the shifted images are fixed: every run, every
 model, every worker and every epoch sees the same corrupted version of each image, and scores on a
 shifted set compare like scores on a clean one.
 """
@@ -12,10 +12,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-from transferlab.errors import ConfigError
 from transferlab.registry import Registry
 
-CORRUPTIONS = Registry("corruption", "data.corruption.name")
+CORRUPTIONS = Registry("data.corruption", "corruption", modules=("transferlab.data.corruptions",))
 SEVERITIES = range(1, 6)
 
 
@@ -69,26 +68,8 @@ def pixelate(image: Image.Image, severity: int, rng: np.random.Generator) -> Ima
     return small.resize((w, h), Image.NEAREST)
 
 
-def corruption_from_config(cfg) -> tuple[str, int, int] | None:
-    """``data.corruption`` checked: ``(name, severity, seed)``, or None for clean images."""
-    if cfg is None or cfg.get("name") is None:
-        return None
-    name = cfg.get("name")
-    CORRUPTIONS.get(name)
-    severity = cfg.get("severity", 3)
-    if isinstance(severity, bool) or not isinstance(severity, int) or severity not in SEVERITIES:
-        raise ConfigError(f"data.corruption.severity={severity} is not a severity; "
-                          f"valid: an integer from {SEVERITIES[0]} (mild) to {SEVERITIES[-1]} (strong)")
-    seed = cfg.get("seed", 0)
-    if seed is None:
-        seed = 0
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"data.corruption.seed={seed} is not valid; valid: an integer >= 0")
-    return str(name), severity, seed
-
-
 def corrupt(image: Image.Image, corruption: tuple[str, int, int], item: int) -> Image.Image:
     """Item ``item``'s corrupted image: the rng depends only on ``(seed, item)``, never on order,
     worker or process, so the same item always gets the same corruption."""
     name, severity, seed = corruption
-    return CORRUPTIONS.get(name)(image.convert("RGB"), severity, np.random.default_rng([seed, item]))
+    return CORRUPTIONS.entry(name).cls(image.convert("RGB"), severity, np.random.default_rng([seed, item]))

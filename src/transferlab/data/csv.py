@@ -13,10 +13,14 @@ import logging
 import os
 from pathlib import Path
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from transferlab.data import KINDS
 from transferlab.data.base import SPLITS, read_utf8, split_three_ways
 from transferlab.data.image_folder import Files
+from transferlab.data.images import ImageData
 from transferlab.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -70,7 +74,21 @@ def _some(items: list, n: int = 5) -> str:
     return ", ".join(map(str, items[:n])) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
-def create(cfg):
+@KINDS.register("csv")
+@dataclass(kw_only=True)
+class CsvData(ImageData):
+    kind: str = "csv"
+    manifest: str | None = None  # the manifest file
+    root: str | None = None  # base of relative paths; null = the manifest's folder
+    path_column: str = "path"
+    label_columns: list[str] | None = None  # null = every column but path and split
+    split_column: str = "split"  # optional column with train/val/test; absent = split by fractions
+
+    def create(self):
+        return _create(self)
+
+
+def _create(cfg):
     manifest = Path(cfg.manifest).expanduser() if cfg.manifest else None
     if manifest is None or not manifest.is_file():
         raise DataError(f"csv manifest '{cfg.manifest}' does not exist; pass data.manifest=/path/to/labels.csv")

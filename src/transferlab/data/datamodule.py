@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from pytorch_lightning import LightningDataModule
 from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
@@ -65,42 +64,42 @@ class NoLoneBatches(BatchSampler):
             yield held
 
 
-def create_streams(data_cfg, specs: dict[str, dict]) -> dict[str, dict]:
-    """Each stream's config and splits, built once, with every task's label column checked.
+def create_streams(data, tasks: list, task_data: dict) -> dict[str, dict]:
+    """Each stream's data settings and splits, built once, with every task's label column checked.
 
-    ``specs``: task name -> spec (``tasks.task_specs``); returns stream -> ``{"cfg", "splits"}``."""
-    from transferlab.tasks import stream_of
-
+    ``tasks``: the task specs (``tasks.TaskSpec``); ``task_data``: task name -> the data settings of a
+    task with data of its own. Returns stream -> ``{"data", "splits", "tasks"}``."""
     streams = {}
-    for name, spec in specs.items():
-        stream = stream_of(spec["data"], name)
+    for spec in tasks:
+        stream = spec.stream
         if stream not in streams:
-            cfg = OmegaConf.merge(data_cfg, spec["data"]) if spec["data"] else data_cfg
-            streams[stream] = {"cfg": cfg, "splits": create_splits(cfg, spec["label"])}
+            own = task_data.get(spec.name, data)
+            streams[stream] = {"data": own, "splits": create_splits(own, spec.column if spec.reads_labels else None),
+                               "tasks": []}
+        streams[stream]["tasks"].append(spec)
+        if not spec.reads_labels:
+            continue
         train = streams[stream]["splits"]["train"]
-        if spec["label"] not in train.classes:
-            raise ConfigError(f"task '{name}' reads label column '{spec['label']}', which data "
-                              f"'{data_cfg.get('name', data_cfg.kind)}' does not have; columns: {', '.join(train.classes)}")
-        check_train_classes(streams[stream]["cfg"], train, spec["label"])
+        if spec.column not in train.classes:
+            raise ConfigError(f"task '{spec.name}' reads label column '{spec.column}', which data "
+                              f"'{streams[stream]['data'].label}' does not have; columns: {', '.join(train.classes)}")
+        check_train_classes(streams[stream]["data"], train, spec.column)
     return streams
 
 
-def check_train_classes(cfg, train, column: str) -> None:
-    """Every class of ``column`` has training images: a class seen only in val/test gets a head output
-    that never trains and scores 0 (an explicit split column or a tiny class can cause it). Columns whose
-    labels a collate fills per batch (MLM's token ids) have no stored labels to check."""
-    if column in getattr(train, "labels_per_batch", ()):
-        return
+def check_train_classes(data, train, column: str) -> None:
+    """Every class of ``column`` has training items: a class seen only in val/test gets a head output
+    that never trains and scores 0 (an explicit split column or a tiny class can cause it)."""
     names = train.classes[column]
     absent = [names[c] for c in sorted(set(range(len(names))) - set(train.labels(column).tolist()))]
     if absent:
-        raise DataError(f"class(es) {', '.join(map(repr, absent))} of label column '{column}' have no images in the "
-                        f"train split of data '{cfg.get('name', cfg.kind)}' (only in val/test); give them training "
-                        f"images or leave them out with data.classes")
+        raise DataError(f"class(es) {', '.join(map(repr, absent))} of label column '{column}' have no {train.what}s in "
+                        f"the train split of data '{data.label}' (only in val/test); give them training "
+                        f"{train.what}s or leave them out with data.classes")
 
 
 class TransferDataModule(LightningDataModule):
-    """``transform(cfg, train)``: the model family's raw item -> inputs, per stream config.
+    """``transform(data, train, tasks)``: the model family's raw item -> inputs, per stream.
 
     ``features_from``/``encode``: a frozen backbone whose outputs are cached per split (no
     augmentation then), extracted under ``precision`` as the trainer computes; loaders then yield
@@ -119,7 +118,8 @@ class TransferDataModule(LightningDataModule):
         for name, stream in streams.items():
             for split, ds in stream["splits"].items():
                 augment = split == "train" and features_from is None
-                self.datasets[(name, split)] = Transformed(ds, transform(stream["cfg"], augment))
+                self.datasets[(name, split)] = Transformed(ds, transform(stream["data"], augment, stream["tasks"]))
+        self.predict_set = None
 
     def _loader(self, stream: str, split: str) -> DataLoader:
         c = self.loader_cfg
@@ -148,8 +148,8 @@ class TransferDataModule(LightningDataModule):
         """One image per device would be a batch of one that no merging can avoid."""
         devices = self.trainer.world_size if self.trainer is not None else 1
         if -(-images // devices) < 2:
-            data = self.streams[stream]["cfg"]
-            raise DataError(f"the train split of data '{data.get('name', data.kind)}' holds {images} image(s) for "
+            data = self.streams[stream]["data"]
+            raise DataError(f"the train split of data '{data.label}' holds {images} item(s) for "
                             f"{devices} device(s); training needs at least 2 per device (BatchNorm cannot "
                             f"normalise a batch of one): add training images (data.train_per_class, data.classes) "
                             f"or use fewer devices")
@@ -157,7 +157,8 @@ class TransferDataModule(LightningDataModule):
     def plain_loader(self, stream: str, split: str) -> DataLoader:
         """``split`` of ``stream`` under the evaluation transform, in order: the same batches every time
         (e.g. to recompute BatchNorm statistics of fused weights on training images)."""
-        dataset = Transformed(self.streams[stream]["splits"][split], self.transform(self.streams[stream]["cfg"], False))
+        own = self.streams[stream]
+        dataset = Transformed(own["splits"][split], self.transform(own["data"], False, own["tasks"]))
         batches = NoLoneBatches(SequentialSampler(dataset), self.loader_cfg.batch_size, False)  # BatchNorm trains
         return DataLoader(dataset, batch_sampler=batches, num_workers=self.loader_cfg.num_workers,
                           collate_fn=getattr(dataset.transform, "collate", None))
@@ -170,3 +171,17 @@ class TransferDataModule(LightningDataModule):
 
     def test_dataloader(self):
         return [self._loader(name, "test") for name in self.streams]
+
+    def serve(self, items) -> None:
+        """Unlabelled ``items`` (``base.Unlabelled``) for ``predict_dataloader``, under the evaluation
+        transform of the run's own data."""
+        own = next(iter(self.streams.values())) if self.streams else None
+        data = own["data"] if own else self.loader_cfg
+        self.predict_set = Transformed(items, self.transform(data, False, ()))
+
+    def predict_dataloader(self):
+        if self.predict_set is None:
+            raise DataError("no inputs to predict on: give them with TransferDataModule.serve(items)")
+        c = self.loader_cfg
+        return DataLoader(self.predict_set, batch_size=c.batch_size, num_workers=c.num_workers,
+                          collate_fn=getattr(self.predict_set.transform, "collate", None))

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+from transferlab.data import KINDS
 from transferlab.data.base import SPLITS
-from transferlab.data.text import LabeledTexts, as_corpus
+from transferlab.data.text import LabeledTexts, TextData
 from transferlab.data.text_files import labeled_texts, three_splits
 from transferlab.errors import ConfigError, DataError
 from transferlab.hub import unreachable
@@ -21,7 +23,23 @@ from transferlab.hub import unreachable
 log = logging.getLogger(__name__)
 
 
-def create(cfg) -> dict[str, LabeledTexts]:
+@KINDS.register("hf_datasets")
+@dataclass(kw_only=True)
+class HfDatasetsData(TextData):
+    kind: str = "hf_datasets"
+    path: str | None = None  # hub name, a save_to_disk directory, or a builder (csv, json, parquet)
+    subset: str | None = None  # the hub dataset's configuration (glue: sst2, ...)
+    data_files: object = None  # a builder's files: one path, a list, or {train: ..., validation: ...}
+    splits: dict = None  # our split -> the dataset's split name; one it lacks is carved from train
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_columns: list[str] | None = None  # null = the ClassLabel columns, else every non-text column
+
+    def create(self):
+        return _create(self)
+
+
+def _create(cfg) -> dict[str, LabeledTexts]:
     if not cfg.get("path"):
         raise ConfigError("data=hf_datasets needs data.path: a hub dataset name (e.g. imdb, or glue with "
                           "data.subset=sst2), a save_to_disk directory, or a builder (csv, json, parquet) with "
@@ -41,7 +59,7 @@ def create(cfg) -> dict[str, LabeledTexts]:
         elif name:
             log.info("'%s' has no split '%s' (its splits: %s): %s is carved from train", _name(cfg), name,
                      ", ".join(tables), split)
-    return as_corpus(three_splits(given, cfg, what="splits"), cfg)
+    return three_splits(given, cfg, what="splits")
 
 
 def _name(cfg) -> str:

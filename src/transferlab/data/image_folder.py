@@ -7,7 +7,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from transferlab.data.base import SPLITS, LabeledImages, digest, split_three_ways
+from dataclasses import dataclass
+
+from transferlab.data import KINDS
+from transferlab.data.base import SPLITS, digest, split_three_ways
+from transferlab.data.images import ImageData, LabeledImages
 from transferlab.errors import DataError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -76,16 +80,22 @@ def scan(folder: Path, classes: list[str] | None = None) -> Files:
     return Files(paths, {"label": labels}, {"label": classes})
 
 
-def create(cfg) -> dict[str, LabeledImages]:
-    if not cfg.root:
-        raise DataError("data.root is not set; pass data.root=/path/to/images")
-    root = Path(cfg.root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data root '{root}' does not exist or is not a folder")
-    if (root / "train").is_dir():
-        train = scan(root / "train")
-        given = {n: scan(root / n, train.classes["label"]) for n in SPLITS[1:] if (root / n).is_dir()}
-        carved = split_three_ways(train, "label", 0 if "val" in given else cfg.val_fraction,
-                                  0 if "test" in given else cfg.test_fraction, cfg.split_seed)
-        return {name: given.get(name, carved[name]) for name in SPLITS}
-    return split_three_ways(scan(root), "label", cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+@KINDS.register("image_folder")
+@dataclass(kw_only=True)
+class ImageFolderData(ImageData):
+    kind: str = "image_folder"
+    root: str | None = None  # root/{train,val,test}/<class>/* or root/<class>/*
+
+    def create(self):
+        if not self.root:
+            raise DataError("data.root is not set; pass data.root=/path/to/images")
+        root = Path(self.root).expanduser()
+        if not root.is_dir():
+            raise DataError(f"data root '{root}' does not exist or is not a folder")
+        if (root / "train").is_dir():
+            train = scan(root / "train")
+            given = {n: scan(root / n, train.classes["label"]) for n in SPLITS[1:] if (root / n).is_dir()}
+            carved = split_three_ways(train, "label", 0 if "val" in given else self.val_fraction,
+                                      0 if "test" in given else self.test_fraction, self.split_seed)
+            return {name: given.get(name, carved[name]) for name in SPLITS}
+        return split_three_ways(scan(root), "label", self.val_fraction, self.test_fraction, self.split_seed)

@@ -6,11 +6,17 @@ by ``shift`` in [0, 1], so the same generator gives a source task and a shifted 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
 from PIL import Image
 
-from transferlab.data.base import LabeledImages, split_three_ways
+from transferlab.data import KINDS
+from transferlab.data.base import split_three_ways
+from transferlab.data.images import ImageData, LabeledImages
 from transferlab.errors import DataError
+from transferlab.settings import POSITIVE_INT, UNIT, setting
 
 SHAPES = ["circle", "square", "triangle", "cross"]
 COLORS = ["red", "green", "blue"]
@@ -56,6 +62,17 @@ class Synthetic(LabeledImages):
         return Image.fromarray(self.images[i])
 
 
-def create(cfg) -> dict[str, LabeledImages]:
-    ds = Synthetic(cfg.num_samples, cfg.resolution, cfg.domain, cfg.shift, cfg.seed)
-    return split_three_ways(ds, cfg.stratify_by, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+@KINDS.register("synthetic")
+@dataclass(kw_only=True)
+class SyntheticData(ImageData):
+    kind: str = "synthetic"
+    domain: Literal["source", "target"] = "target"
+    shift: float = setting(0.5, UNIT)  # 0 = target looks like source; 1 = strongest shift
+    num_samples: int = setting(1200, POSITIVE_INT)
+    resolution: int = setting(32, POSITIVE_INT)
+    seed: int = 0
+    stratify_by: str = "shape"
+
+    def create(self):
+        ds = Synthetic(self.num_samples, self.resolution, self.domain, self.shift, self.seed)
+        return split_three_ways(ds, self.stratify_by, self.val_fraction, self.test_fraction, self.split_seed)

@@ -11,12 +11,16 @@ pretrains on (``task=mlm``); the target domain few-shot is the task it transfers
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
+from transferlab.data import KINDS
 from transferlab.data.base import split_three_ways
-from transferlab.data.text import LabeledTexts, as_corpus
+from transferlab.data.text import LabeledTexts, TextData
 from transferlab.errors import DataError
+from transferlab.settings import POSITIVE_INT, UNIT, setting
 
 TOPICS = ["food", "politics", "science", "sports"]
 SENTIMENTS = ["negative", "positive"]
@@ -92,7 +96,18 @@ def generate(num_samples: int, domain: str, shift: float, seed: int):
     return texts, topics, sentiments
 
 
-def create(cfg) -> dict[str, LabeledTexts]:
-    texts, topics, sentiments = generate(cfg.num_samples, cfg.domain, cfg.shift, cfg.seed)
-    ds = LabeledTexts(texts, {"topic": topics, "sentiment": sentiments}, {"topic": TOPICS, "sentiment": SENTIMENTS})
-    return as_corpus(split_three_ways(ds, cfg.stratify_by, cfg.val_fraction, cfg.test_fraction, cfg.split_seed), cfg)
+@KINDS.register("synthetic_text")
+@dataclass(kw_only=True)
+class SyntheticTextData(TextData):
+    kind: str = "synthetic_text"
+    domain: Literal["source", "target"] = "target"
+    shift: float = setting(0.5, UNIT)  # share of target-only topic/sentiment words in the target domain
+    num_samples: int = setting(1000, POSITIVE_INT)
+    seed: int = 0
+    stratify_by: str = "topic"
+
+    def create(self):
+        texts, topics, sentiments = generate(self.num_samples, self.domain, self.shift, self.seed)
+        ds = LabeledTexts(texts, {"topic": topics, "sentiment": sentiments},
+                          {"topic": TOPICS, "sentiment": SENTIMENTS})
+        return split_three_ways(ds, self.stratify_by, self.val_fraction, self.test_fraction, self.split_seed)

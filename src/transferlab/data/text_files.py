@@ -10,10 +10,11 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
+from dataclasses import dataclass
 
+from transferlab.data import KINDS
 from transferlab.data.base import SPLITS, read_utf8, split_three_ways
-from transferlab.data.text import LabeledTexts, as_corpus, check_texts, label_classes
+from transferlab.data.text import LabeledTexts, TextData, check_texts, label_classes
 from transferlab.errors import ConfigError, DataError
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
@@ -115,12 +116,25 @@ def _load(path: Path, cfg) -> LabeledTexts:
     return labeled_texts(*read_rows(path, cfg.get("format")), cfg, str(path))
 
 
-def create(cfg) -> dict[str, LabeledTexts]:
-    if cfg.get("path"):
-        given = {"train": _load(Path(str(cfg.path)).expanduser(), cfg)}
-    elif cfg.get("train"):
-        given = {s: _load(Path(str(cfg[s])).expanduser(), cfg) for s in SPLITS if cfg.get(s)}
-    else:
-        raise ConfigError("data=text_files needs data.path=/path/to/file (split by fractions) or "
-                          "data.train=... [data.val=... data.test=...] (one file per split)")
-    return as_corpus(three_splits(given, cfg), cfg)
+@KINDS.register("text_files")
+@dataclass(kw_only=True)
+class TextFilesData(TextData):
+    kind: str = "text_files"
+    path: str | None = None  # one file, split into train/val/test by the fractions
+    train: str | None = None  # or one file per split: train (required), val and test
+    val: str | None = None
+    test: str | None = None
+    format: str | None = None  # csv | tsv | jsonl | parquet; null = from the file extension
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_columns: list[str] | None = None  # null = every column but the text ones
+
+    def create(self):
+        if self.path:
+            given = {"train": _load(Path(str(self.path)).expanduser(), self)}
+        elif self.train:
+            given = {s: _load(Path(str(getattr(self, s))).expanduser(), self) for s in SPLITS if getattr(self, s)}
+        else:
+            raise ConfigError("data=text_files needs data.path=/path/to/file (split by fractions) or "
+                              "data.train=... [data.val=... data.test=...] (one file per split)")
+        return three_splits(given, self)

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from transferlab.data.base import LabeledImages, split_three_ways
+from transferlab.data import KINDS
+from transferlab.data.base import split_three_ways
+from transferlab.data.images import ImageData, LabeledImages
 from transferlab.errors import DataError
 
 # name -> (torchvision class, constructor kwargs per split it ships; splits it lacks are carved from train)
@@ -44,12 +48,31 @@ def _targets(ds) -> np.ndarray:
     return np.asarray([y for _, y in ds.samples]) if hasattr(ds, "samples") else np.asarray([y for _, y in ds])
 
 
-def create(cfg) -> dict[str, LabeledImages]:
+@KINDS.register("torchvision")
+@dataclass(kw_only=True)
+class TorchvisionData(ImageData):
+    kind: str = "torchvision"
+    dataset: str  # which set: one of SETS
+    root: str  # where the files are (or go with download=true)
+    download: bool = False  # true fetches the set (needs network)
+
+    def check(self, where):
+        if self.dataset not in SETS:
+            from transferlab.errors import ConfigError
+
+            raise ConfigError(f"{where}.dataset={self.dataset!r} is not a torchvision set transferlab knows; "
+                              f"valid: {', '.join(SETS)}")
+
+    def create(self):
+        return _create(self)
+
+
+def _create(cfg) -> dict[str, LabeledImages]:
     import torchvision.datasets as tvd
 
-    if cfg.name not in SETS:
-        raise DataError(f"unknown torchvision set '{cfg.name}'; valid: {', '.join(SETS)}")
-    cls_name, splits = SETS[cfg.name]
+    if cfg.dataset not in SETS:
+        raise DataError(f"unknown torchvision set '{cfg.dataset}'; valid: {', '.join(SETS)}")
+    cls_name, splits = SETS[cfg.dataset]
     root = Path(cfg.root).expanduser()
     built = {}
     for split, kwargs in splits.items():
@@ -58,9 +81,9 @@ def create(cfg) -> dict[str, LabeledImages]:
         except RuntimeError as e:  # torchvision's "Dataset not found or corrupted"
             hint = ("pass data.download=true to fetch it (needs network)" if not cfg.download
                     else "the download failed; fetch it on a machine with network and copy it there")
-            raise DataError(f"{cfg.name} not found under data.root='{root}' ({e}); {hint}") from None
+            raise DataError(f"{cfg.dataset} not found under data.root='{root}' ({e}); {hint}") from None
         except OSError as e:  # URLError and friends while downloading
-            raise DataError(f"downloading {cfg.name} into '{root}' failed ({e}); this machine may be offline: "
+            raise DataError(f"downloading {cfg.dataset} into '{root}' failed ({e}); this machine may be offline: "
                             f"fetch it elsewhere and copy it to data.root") from None
     carved = split_three_ways(built["train"], "label", 0 if "val" in built else cfg.val_fraction,
                               0 if "test" in built else cfg.test_fraction, cfg.split_seed)

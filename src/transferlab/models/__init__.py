@@ -1,28 +1,30 @@
-"""Source models: a backbone from a model family (``model.family``), one head per task, source weights.
+"""Source models (the ``model`` group): a backbone from a model family (``model.kind``), one head per
+task, source weights. ``models/base.py`` holds the contract, one file per family implements it
+(``models/timm.py``, ``models/hf.py``); ``create_model`` is the only place a model is assembled and
+``from_checkpoint`` the only place one is rebuilt from a checkpoint."""
+from transferlab.registry import Registry
 
-``models/base.py`` holds the contract, one file per family implements it (``models/timm.py``, declared
-by name in ``choices.FAMILIES``); ``create_model`` is the only place a model is assembled.
-"""
-from __future__ import annotations
-
-from torch import nn
-
-from transferlab.choices import FAMILIES
-from transferlab.models.base import Family, TransferModel, create_head
-
-__all__ = ["FAMILIES", "Family", "TransferModel", "create_head", "create_model"]
+FAMILIES = Registry("model", "model family", package="transferlab.models",
+                    support=("base", "network", "checkpoint", "wordpiece"))
 
 
-def create_model(model_cfg, tasks) -> TransferModel:
-    """Backbone + heads for the ``model`` config and the run's (complete) tasks, then source weights."""
-    from transferlab.checkpoints import load_source_weights
+def create_model(family, tasks, weights=None):
+    """Backbone + heads for the family's settings and the run's (complete) tasks, then ``weights`` (the
+    family's ``checkpoint`` unless given; "" = none): the only place a model for training is assembled."""
+    from transferlab.models.checkpoint import load_source_weights
+    from transferlab.models.network import build_network
 
-    family = FAMILIES.create(model_cfg.family, model_cfg)
-    backbone = family.create_backbone()
-    head_cfg = model_cfg.get("head") or {}
-    heads = nn.ModuleDict({t.name: create_head(backbone.num_features, t.num_classes, head_cfg.get("hidden", 0),
-                                               head_cfg.get("dropout", 0.0)) for t in tasks})
-    model = TransferModel(backbone, heads, family)
-    if model_cfg.get("checkpoint"):
-        load_source_weights(model, model_cfg.checkpoint, tasks)
+    model = build_network(family, tasks)
+    weights = family.checkpoint if weights is None else weights
+    if weights:
+        load_source_weights(model, weights, tasks)
     return model
+
+
+def from_checkpoint(path):
+    from transferlab.models.checkpoint import from_checkpoint as load
+
+    return load(path)
+
+
+__all__ = ["FAMILIES", "create_model", "from_checkpoint"]

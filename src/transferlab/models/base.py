@@ -1,103 +1,102 @@
-"""The backbone contract every model family meets, and the model built on it: a backbone plus one
-head per task.
+"""The backbone contract every model family meets: settings, a backbone, its stages, its inputs.
 
-A family (``models/timm.py``, later text models) builds a backbone whose ``encode(inputs)`` turns a
-batch mapping (``{"pixel_values": ...}`` for images) into pooled features ``[batch, num_features]``,
-and says once how its parameters group into stages (coarse, for freezing) and layers (fine, for
-layer decay). Everything downstream (strategies, optimizer groups, caching, heads) reads only this.
+A family (``models/timm.py``, ``models/hf.py``) is the ``model`` group's settings and the code they
+drive: it builds a backbone whose ``encode(inputs)`` turns a batch mapping (``{"pixel_values": ...}``
+for images, token ids for text) into pooled features ``[batch, num_features]``, says once how its
+parameters group into stages (coarse, for freezing) and layers (fine, for layer decay), and supplies
+the input adapter that turns raw items into that mapping. Everything downstream (strategies,
+optimizer groups, caching, heads) reads only this. This module imports no torch: the settings are
+checked while the plan resolves.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
-
-import torch
-from torch import nn
+from dataclasses import dataclass
 
 from transferlab.errors import ConfigError
+from transferlab.settings import FRACTION, NON_NEGATIVE_INT, Settings, setting
 
 
+@dataclass(kw_only=True)
+class Head(Settings):
+    """The new classification head(s) put on the backbone."""
+    hidden: int = setting(0, (NON_NEGATIVE_INT[0], "an integer >= 0 (0 = a linear head, >0 = the hidden width of "
+                                                   "an MLP head)"))
+    dropout: float = setting(0.0, FRACTION, tune=True)
 
 
-class Family:
+@dataclass(kw_only=True)
+class Family(Settings):
     """How one kind of backbone is built, grouped, fed and preprocessed. One instance per model."""
+    kind: str
+    name: str = setting(rule=(lambda v: v != "", "a model name of its family"))
+    pretrained: bool = False
+    checkpoint: str | None = None  # a file to start from (timm state dict, safetensors, a transferlab .ckpt)
+    drop_rate: float = setting(0.0, FRACTION, tune=True)  # dropout on the pooled features, before the heads
+    head: Head = setting(factory=Head)
+    grad_checkpointing: bool = False
+    compile: bool = False
+    modality = "image"  # what its inputs are: a data kind of another modality is refused
 
-    name = "family"
-    norm_types: tuple[type, ...] = (nn.modules.batchnorm._BatchNorm,)  # statistics that freeze with a stage
+    @classmethod
+    def describe(cls) -> str:
+        return f"{super().describe()} ({cls.modality} models)"
 
-    def __init__(self, cfg):
-        self.cfg = cfg
+    def norm_types(self) -> tuple:
+        """Normalisation layers whose statistics freeze with a stage."""
+        from torch import nn
 
-    def create_backbone(self) -> nn.Module:
+        return (nn.modules.batchnorm._BatchNorm,)
+
+    def create_backbone(self):
         raise NotImplementedError
 
-    def groups(self, backbone: nn.Module, coarse: bool) -> dict[str, int] | None:
+    def groups(self, backbone, coarse: bool) -> dict[str, int] | None:
         """Parameter name -> ordinal stage (coarse) or layer (fine), input side first; None = no grouping."""
         return None
 
-    def encode(self, backbone: nn.Module, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def encode(self, backbone, inputs: Mapping):
+        """Pooled features ``[batch, num_features]``."""
         raise NotImplementedError
 
-    def preprocessing(self, backbone: nn.Module) -> dict:
-        """What the data needs to feed this backbone (for timm: its pretrained data config)."""
+    def encode_tokens(self, backbone, inputs: Mapping):
+        """Features of single tokens (masked-language modelling), for families that read tokens."""
+        raise ConfigError(f"model '{self.name}' (model.kind={self.kind}) reads {self.modality}s, which have no "
+                          f"tokens; a token-level task (tasks.<name>.kind=mlm) needs a text model")
+
+    def preprocessing(self, backbone) -> dict:
+        """What the inputs need to feed this backbone, in plain values a checkpoint can hold."""
         return {}
 
-    def create_transform(self, preprocessing: dict, data_cfg, train: bool):
-        """raw item -> input mapping, with the data config's augmentation when ``train``."""
+    def create_transform(self, preprocessing: dict, data, train: bool, tasks=()):
+        """raw item -> input mapping, with the data's augmentation when ``train``; ``tasks``: those of
+        the stream (a token-level task masks the inputs)."""
         raise NotImplementedError
 
-    def backbone_state(self, backbone: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def backbone_state(self, backbone, state: dict) -> dict:
         """A foreign state dict of this family's own model, reduced to what the backbone holds."""
         return state
 
-    def no_weight_decay(self, backbone: nn.Module) -> set[str]:
+    def no_weight_decay(self, backbone) -> set[str]:
         return set()
 
-    def fingerprint(self) -> str:
-        """What decides the model's inputs besides its config (a tokenizer file may change under the same
-        path): part of a cached source run's key, so new inputs never meet weights learnt on old ones."""
+    def inputs_key(self) -> str:
+        """What decides the model's inputs besides its settings (a tokenizer file may change under the
+        same path), computed without training anything: part of a cached source run's key, so new
+        inputs never meet weights learnt on old ones."""
         return ""
 
+    def steps(self) -> list:
+        """What ``run.prepare`` must do before this model can be built (e.g. train a tokenizer)."""
+        return []
 
-class TransferModel(nn.Module):
-    """A shared backbone and a ``ModuleDict`` of heads, one per task; forward returns logits per task."""
+    def record(self, backbone) -> dict:
+        """Plain values a checkpoint keeps so that ``restore`` can rebuild the backbone and its
+        preprocessing without the hub, a cache or a dataset (e.g. a tokenizer, a config)."""
+        return {}
 
-    def __init__(self, backbone: nn.Module, heads: nn.ModuleDict, family: Family):
-        super().__init__()
-        self.backbone = backbone
-        self.heads = heads
-        self.family = family
-        stages, layers = family.groups(backbone, coarse=True), family.groups(backbone, coarse=False)
-        self.has_stages = stages is not None  # partial / gradual need a real grouping
-        names = [name for name, _ in backbone.named_parameters()]
-        self.stage_of = stages if stages is not None else dict.fromkeys(names, 0)
-        self.layer_of = layers if layers is not None else dict.fromkeys(names, 0)
-        self.num_stages = max(self.stage_of.values(), default=-1) + 1
-        self.num_layers = max(self.layer_of.values(), default=-1) + 1
-
-    def encode(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.family.encode(self.backbone, inputs)
-
-    def forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self.forward_heads(self.encode(inputs))
-
-    def forward_heads(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {name: head(features) for name, head in self.heads.items()}
-
-    def stage_modules(self, stage: int) -> list[nn.Module]:
-        """Normalization layers of one stage, whose running statistics freeze with it."""
-        return [m for name, m in self.backbone.named_modules() if isinstance(m, self.family.norm_types)
-                and self.stage_of.get(f"{name}.weight", self.stage_of.get(f"{name}.bias")) == stage]
-
-    def norm_modules(self) -> list[nn.Module]:
-        return [m for m in self.backbone.modules() if isinstance(m, self.family.norm_types)]
-
-
-def create_head(num_features: int, num_classes: int, hidden: int = 0, dropout: float = 0.0) -> nn.Module:
-    """A linear head, or a one-hidden-layer MLP when ``hidden`` > 0."""
-    if hidden <= 0:
-        return nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
-    return nn.Sequential(nn.Linear(num_features, hidden), nn.GELU(), nn.Dropout(dropout),
-                         nn.Linear(hidden, num_classes))
+    def restore(self, record: dict) -> None:
+        """Build from a checkpoint's ``record`` from now on (empty for checkpoints older than records)."""
 
 
 def require_hub_copy(repo: str, filenames, explain) -> None:

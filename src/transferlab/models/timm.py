@@ -1,17 +1,17 @@
-"""The timm family: any ``timm`` model as an image backbone (``model.family=timm``, the default).
+"""The timm family: any ``timm`` model as an image backbone (``model.kind=timm``, the default).
 
 timm's own ``group_matcher`` gives the stages and layers, so ResNets, ViTs and ConvNeXts freeze and
-decay alike; its pretrained data config gives mean/std/input size to the image transforms.
+decay alike; its pretrained data config gives mean/std/input size to the image transforms. timm and
+torch are imported inside the methods: the settings are checked before they load.
 """
 from __future__ import annotations
 
-
-import timm
-import torch
-from torch import nn
+from dataclasses import dataclass
 
 from transferlab.errors import ConfigError, suggest
+from transferlab.models import FAMILIES
 from transferlab.models.base import Family, require_hub_copy
+from transferlab.settings import FRACTION, setting
 
 
 class ImageInputs:
@@ -20,25 +20,32 @@ class ImageInputs:
     def __init__(self, transform):
         self.transform = transform
 
-    def __call__(self, image) -> dict[str, torch.Tensor]:
+    def __call__(self, image) -> dict:
         return {"pixel_values": self.transform(image)}
 
     def __repr__(self) -> str:  # part of the feature-cache key
         return repr(self.transform)
 
 
+@FAMILIES.register("timm", modality="image")
+@dataclass(kw_only=True)
 class TimmFamily(Family):
-    name = "timm"
+    kind: str = "timm"
+    pretrained: bool = True  # timm's hub weights
+    drop_path_rate: float = setting(0.0, FRACTION, tune=True)  # stochastic depth (models that support it)
+    kwargs: dict = setting(factory=dict)  # any other timm.create_model keyword (e.g. img_size for ViTs)
+    channels_last: bool = False  # NHWC memory layout: faster convolutions under mixed precision on GPUs
 
-    def create_backbone(self) -> nn.Module:
-        c = self.cfg
-        backbone = create_backbone(c.name, pretrained=c.pretrained, drop_rate=c.drop_rate,
-                                   drop_path_rate=c.get("drop_path_rate"), **(c.get("kwargs") or {}))
-        if c.get("grad_checkpointing"):
+    def create_backbone(self):
+        import torch
+
+        backbone = create_backbone(self.name, pretrained=self.pretrained, drop_rate=self.drop_rate,
+                                   drop_path_rate=self.drop_path_rate, **self.kwargs)
+        if self.grad_checkpointing:
             if not hasattr(backbone, "set_grad_checkpointing"):
-                raise ConfigError(f"model '{c.name}' does not support model.grad_checkpointing=true")
+                raise ConfigError(f"model '{self.name}' does not support model.grad_checkpointing=true")
             backbone.set_grad_checkpointing(True)  # recompute activations in backward: less memory, ~30% more compute
-        if c.get("channels_last"):
+        if self.channels_last:
             backbone.to(memory_format=torch.channels_last)  # faster convolutions with mixed precision on tensor cores
         return backbone
 
@@ -51,8 +58,10 @@ class TimmFamily(Family):
         return {name: i for i, names in enumerate(groups.values()) for name in names}
 
     def encode(self, backbone, inputs):
+        import torch
+
         x = inputs["pixel_values"]
-        if self.cfg.get("channels_last") and x.ndim == 4:
+        if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return backbone(x)
 
@@ -61,11 +70,13 @@ class TimmFamily(Family):
 
         return resolve_model_data_config(backbone)
 
-    def create_transform(self, preprocessing, data_cfg, train):
+    def create_transform(self, preprocessing, data, train, tasks=()):
         from transferlab.data.transforms import create_transform
 
-        return ImageInputs(create_transform(preprocessing, data_cfg.augment, train=train,
-                                            input_size=data_cfg.get("input_size")))
+        for task in tasks:
+            if task.token_level:
+                self.encode_tokens(None, {})  # the family's "needs a text model" error
+        return ImageInputs(create_transform(preprocessing, data.augment, train=train, input_size=data.input_size))
 
     def backbone_state(self, backbone, state):
         """A plain timm state dict: drop its classifier, the heads are ours."""
@@ -78,8 +89,10 @@ class TimmFamily(Family):
 
 
 def create_backbone(name: str, pretrained: bool = False, drop_rate: float = 0.0,
-                    drop_path_rate: float | None = None, **kwargs) -> nn.Module:
+                    drop_path_rate: float | None = None, **kwargs):
     """A timm model with its classifier removed (``num_classes=0``) so it returns pooled features."""
+    import timm
+
     if not timm.is_model(name.split(".")[0]):
         raise ConfigError(f"unknown model '{name}': not a timm model name; "
                           f"{suggest(name, timm.list_models())} (see timm.list_models())")

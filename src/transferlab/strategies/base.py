@@ -1,12 +1,13 @@
 """The shared interface of transfer strategies: which backbone stages are frozen at each epoch, at
 what learning-rate scale each stage trains, and the BatchNorm policy.
 
-A strategy is a Lightning callback: it knows the model's stages (timm's grouping) and nothing of
-datasets or loggers, and the module never knows which strategy runs. Every parameter is in the
-optimizer from the start (``optim.create_optimizer`` builds one group per stage); freezing toggles
+A strategy is settings and a schedule, nothing else: it knows the model's stages (the family's
+grouping) and nothing of datasets, loggers or Lightning; ``callbacks.ApplyStrategy`` applies it at
+every epoch, and the module never knows which strategy runs. Every parameter is in the optimizer
+from the start (``optim.create_optimizer`` builds one group per stage); freezing toggles
 ``requires_grad`` and BatchNorm modes, so the optimizer, scheduler, checkpoint and DDP see one fixed
-set of groups however often the strategy changes its mind. Its state is a function of the epoch,
-so a resumed run re-derives it.
+set of groups however often the strategy changes its mind. Its state is a function of the epoch, so
+a resumed run re-derives it.
 
 BatchNorm: a frozen stage is frozen whole (weights and running statistics). ``bn: frozen`` also
 freezes every BatchNorm layer of the trainable stages (eval mode, affine weights fixed), the usual
@@ -15,28 +16,25 @@ choice for small batches; ``bn: train`` lets trainable stages update their stati
 from __future__ import annotations
 
 import logging
-
-from pytorch_lightning import Callback
+from dataclasses import dataclass, field
+from typing import Literal
 
 from transferlab.errors import ConfigError
+from transferlab.settings import Settings, setting
 
 log = logging.getLogger(__name__)
 
-BN_POLICIES = ("train", "frozen")  # checked with the other config values (config.SCHEMA)
 
-
-class Strategy(Callback):
-    name = "strategy"
+@dataclass(kw_only=True)
+class Strategy(Settings):
+    kind: str
+    label: str  # names the strategy in metrics, run names and reports (finetune from random init = 'scratch')
+    bn: Literal["train", "frozen"] = setting("train", (lambda v: v in ("train", "frozen"),
+                                                       "a BatchNorm policy: one of train, frozen"))
+    cache_features: bool | None = None  # null = cache when the backbone never trains and augmentation is off
     needs_stages = False  # True when the strategy freezes some stages and not others
-
-    def __init__(self, bn: str = "train", cache_features: bool | None = None, name: str | None = None):
-        """``name`` relabels the strategy in metrics and reports (e.g. finetune from random init = 'scratch')."""
-        if name:
-            self.name = name
-        self.bn = bn
-        self.cache_features = cache_features
-        self._frozen_norms = []
-        self._last_frozen = None
+    _frozen_norms: list = field(default_factory=list, init=False, repr=False, compare=False)
+    _last_frozen: set | None = field(default=None, init=False, repr=False, compare=False)
 
     # --- what a strategy decides -------------------------------------------------------------
     def frozen_stages(self, epoch: int, num_stages: int) -> set[int]:
@@ -47,15 +45,15 @@ class Strategy(Callback):
         """Fixed learning-rate multiplier of a backbone stage, applied on top of the optimizer's."""
         return 1.0
 
-    def check(self, num_stages: int, max_epochs: int) -> None:
+    def fits(self, num_stages: int, max_epochs: int) -> None:
         """Raise ConfigError before training when the settings do not fit the model."""
 
     def check_fits(self, model, max_epochs: int) -> None:
         if self.needs_stages and not model.has_stages:
-            raise ConfigError(f"strategy '{self.name}' freezes some backbone stages and not others, but model "
-                              f"'{model.family.cfg.get('name')}' has no stage grouping; use finetune, "
-                              f"linear_probe or lp_ft, or a model whose family groups its layers")
-        self.check(model.num_stages, max_epochs)
+            raise ConfigError(f"strategy '{self.label}' freezes some backbone stages and not others, but model "
+                              f"'{model.family.name}' has no stage grouping; use finetune, linear_probe or lp_ft, or "
+                              f"a model whose family groups its layers")
+        self.fits(model.num_stages, max_epochs)
 
     def backbone_always_frozen(self, num_stages: int, max_epochs: int) -> bool:
         """True when no backbone parameter or statistic ever changes, so features can be cached."""
@@ -72,7 +70,7 @@ class Strategy(Callback):
             return False
         return bool(self.cache_features) or not augment
 
-    # --- applying it (Lightning hooks) -----------------------------------------------------------
+    # --- applying it (``callbacks.ApplyStrategy``) ------------------------------------------------
     def apply(self, model, epoch: int) -> None:
         frozen = self.frozen_stages(epoch, model.num_stages)
         for name, p in model.backbone.named_parameters():
@@ -84,20 +82,15 @@ class Strategy(Callback):
                 for p in m.parameters(recurse=False):
                     p.requires_grad_(False)
         self._frozen_norms = norms
-        self._set_norm_modes()
+        self.set_norm_modes()
         if frozen != self._last_frozen:
-            log.info("epoch %d: %s freezes stages %s of %d (%d trainable parameters)", epoch, self.name,
+            log.info("epoch %d: %s freezes stages %s of %d (%d trainable parameters)", epoch, self.label,
                      sorted(frozen) or "none", model.num_stages,
                      sum(p.numel() for p in model.parameters() if p.requires_grad))
             self._last_frozen = frozen
 
-    def _set_norm_modes(self) -> None:
+    def set_norm_modes(self) -> None:
+        """Lightning may put the whole module back into train mode (e.g. after validation)."""
         for m in self._frozen_norms:
             m.eval()
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.apply(pl_module.model, trainer.current_epoch)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        # Lightning may put the whole module back into train mode (e.g. after validation).
-        self._set_norm_modes()
