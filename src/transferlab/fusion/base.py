@@ -1,102 +1,141 @@
-"""What every fusion method works on: finished runs (ingredients), a way to score weights, and the
-arithmetic on state dicts.
+"""What every fusion method works on: finished runs (ingredients), a way to score weights, the
+arithmetic on state dicts, and the settings every method shares.
 
-An ingredient is a finished training run: ``metrics.json`` written and the checkpoint it was tested
-with still on disk. Weights can only be averaged between runs that share architecture, tasks (names,
-classes and their order) and, for weight averaging, the initialisation they were fine-tuned from;
+An ingredient is a finished training run: ``metrics.json`` written and the checkpoint it reported its
+test metrics with still on disk (another checkpoint would be another model). Weights can only be
+averaged between runs that share architecture, tasks (names, classes and their order) and, for weight
+averaging, the initialisation they were fine-tuned from (what it is, not how its path was spelt);
 anything else is refused naming the run that differs.
 """
 from __future__ import annotations
 
-import json
+import hashlib
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-import torch
-
+from transferlab import runs
 from transferlab.errors import ConfigError
+from transferlab.metrics import check_selection, higher_is_better
+from transferlab.settings import Settings, setting
 
+
+@dataclass(kw_only=True)
+class Method(Settings):
+    """A fusion method: ``method(ingredients, score)`` -> ``Fused``. ``score(weights)`` (a state dict or
+    a model) returns the metrics of val, test and every evaluation set."""
+    kind: str
+    select_by: str = setting("val/acc", (lambda v: isinstance(v, str), "a validation metric"))
+    averages_weights = True  # needs one shared initialisation (soups, interpolation)
+    along_alpha = False  # its candidates lie on an α axis (a curve to draw)
+
+    def check(self, where):
+        check_selection(self.select_by, f"{where}.select_by")
+
+    def __call__(self, ingredients: list["Ingredient"], score) -> "Fused":
+        raise NotImplementedError
 
 
 @dataclass
 class Ingredient:
-    dir: Path
-    config: dict
-    metrics: dict
+    run: runs.Run  # a finished training run
 
     @property
+    def dir(self) -> Path:
+        return self.run.dir
+
+    @property
+    def config(self) -> dict:
+        return self.run.config
+
+    @cached_property
     def checkpoint(self) -> Path:
-        """The checkpoint the run was tested with (``best_checkpoint``), in the run's own directory (so a
-        moved or copied run uses its own files, never the place it was trained in)."""
-        recorded = self.metrics.get("best_checkpoint")
-        candidates = [self.dir / "checkpoints" / Path(recorded).name] if recorded else []
-        candidates.append(self.dir / "checkpoints" / "last.ckpt")
-        for path in candidates:
-            if path.is_file():
-                return path
-        raise ConfigError(f"run '{self.dir}' has no finished checkpoint (looked for "
-                          f"{', '.join(str(p) for p in candidates)}); fuse runs that finished with their checkpoints")
+        return runs.RunDir(self.dir).tested_checkpoint(self.run.metrics)
 
     @cached_property
     def checkpoint_content(self) -> dict:
-        from transferlab.checkpoints import read_checkpoint
+        from transferlab.models.checkpoint import read_checkpoint
 
         return read_checkpoint(self.checkpoint)
 
     @property
-    def state(self) -> dict[str, torch.Tensor]:
+    def state(self) -> dict:
         """The model's weights (backbone and heads), without the module's metric states."""
         state = self.checkpoint_content["state_dict"]
         return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
 
     @property
     def tasks(self) -> list[dict]:
-        return list(self.checkpoint_content.get("hyper_parameters", {}).get("tasks", []))
+        return runs.upgrade_tasks(list(self.checkpoint_content.get("hyper_parameters", {}).get("tasks", [])))
 
     def setting(self, key: str, default=None):
-        from transferlab.report.collect import setting
-
-        return setting(self.config, key, default)
+        return self.run.setting(key, default)
 
     @property
     def label(self) -> str:
-        return f"{self.setting('strategy.name', '?')} s{self.setting('seed', '?')} ({self.dir.name})"
+        return f"{self.setting('strategy.label', '?')} s{self.setting('seed', '?')} ({self.dir.name})"
+
+    def initialisation(self) -> str:
+        """What the run was fine-tuned from: the content of its source checkpoint, the hub weights of its
+        model, or its random initialisation (model and seed)."""
+        checkpoint = self.setting("model.checkpoint")
+        if checkpoint:
+            return f"checkpoint {_file_digest(Path(checkpoint), self.dir)}"
+        if self.setting("model.pretrained") or self.setting("model.path"):
+            return f"pretrained {self.setting('model.kind')}/{self.setting('model.path') or self.setting('model.name')}"
+        return f"random init of {self.setting('model.name')} with seed {self.setting('seed')}"
+
+
+_DIGESTS: dict[Path, str] = {}
+
+
+def _file_digest(path: Path, run_dir: Path) -> str:
+    if not path.is_absolute():
+        path = (run_dir / path) if (run_dir / path).is_file() else path.resolve()
+    if not path.is_file():
+        raise ConfigError(f"run '{run_dir}' was fine-tuned from {path}, which is gone, so whether it shares its "
+                          f"initialisation with the other runs cannot be checked; weights are averaged only between "
+                          f"fine-tunings of one initialisation")
+    key = path.resolve()
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(key, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()[:16]
+    return _DIGESTS[key]
 
 
 def read_ingredient(run_dir) -> Ingredient:
-    import yaml
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"run '{run_dir}' does not exist (runs=[...] takes run directories of tl-train)")
-    metrics_path, config_path = run_dir / "metrics.json", run_dir / "config.yaml"
-    if not metrics_path.is_file() or not config_path.is_file():
+    run = runs.read_run(run_dir)
+    if run.status == "damaged":
+        raise ConfigError(f"run '{run_dir}' is damaged: {run.error}")
+    if run.status != "finished" or not run.config:
         raise ConfigError(f"run '{run_dir}' did not finish (no metrics.json and config.yaml); only finished "
                           f"runs can be fused")
-    config = yaml.safe_load(config_path.read_text()) or {}
-    if "strategy" not in config:
+    if "strategy" not in run.config:
         raise ConfigError(f"'{run_dir}' is not a training run (its config.yaml has no strategy); a fused model "
                           f"is not fused again")
-    return Ingredient(run_dir.resolve(), config, json.loads(metrics_path.read_text()))
+    return Ingredient(runs.Run(run.dir.resolve(), run.status, run.config, run.metrics))
 
 
 def find_ingredients(sweep, where: dict) -> list[Ingredient]:
     """Every finished training run under ``sweep`` whose config has the ``where`` values (dotted keys)."""
-    from transferlab.report.collect import find_runs
-
     sweep = Path(sweep)
     if not sweep.is_dir():
         raise ConfigError(f"sweep '{sweep}' is not a directory (sweep= takes a multirun directory)")
-    runs = [r for r in find_runs([sweep]) if "strategy" in r.config]  # training runs, not earlier fusions
-    kept = [r for r in runs if r.status == "finished" and
+    found = [r for r in runs.find_runs([sweep]) if "strategy" in r.config]  # training runs, not earlier fusions
+    kept = [r for r in found if r.status == "finished" and
             all(str(r.setting(k)) == str(v) for k, v in (where or {}).items())]
     if not kept:
         why = f" matching where={dict(where)}" if where else ""
-        raise ConfigError(f"no finished training runs under '{sweep}'{why} ({len(runs)} runs there, "
-                          f"{sum(r.status == 'finished' for r in runs)} finished); nothing to fuse")
-    return [Ingredient(r.dir, r.config, r.metrics) for r in kept]  # read and checked by find_runs already
+        raise ConfigError(f"no finished training runs under '{sweep}'{why} ({len(found)} runs there, "
+                          f"{sum(r.status == 'finished' for r in found)} finished); nothing to fuse")
+    return [Ingredient(r) for r in kept]
 
 
 def check_compatible(ingredients: list[Ingredient], shared_init: bool) -> None:
@@ -106,12 +145,11 @@ def check_compatible(ingredients: list[Ingredient], shared_init: bool) -> None:
 
     def describe(ing: Ingredient) -> dict:
         shapes = {k: tuple(v.shape) for k, v in ing.state.items()}
-        out = {"model": f"{ing.setting('model.family', 'timm')}/{ing.setting('model.name')}",
-               "tasks and classes": [(t["name"], t.get("label"), t.get("class_names")) for t in ing.tasks],
+        out = {"model": f"{ing.setting('model.kind', 'timm')}/{ing.setting('model.name')}",
+               "tasks and classes": [(t["name"], t.get("column"), t.get("class_names")) for t in ing.tasks],
                "weights": shapes}
         if shared_init:
-            out["initialisation"] = (ing.setting("model.checkpoint") or
-                                     ("pretrained" if ing.setting("model.pretrained") else "random"))
+            out["initialisation"] = ing.initialisation()
         return out
 
     reference = describe(first)
@@ -125,7 +163,7 @@ def check_compatible(ingredients: list[Ingredient], shared_init: bool) -> None:
                 else:
                     shown = f"{own[what]} vs {value}"
                 hint = (" (weights can be averaged only between fine-tunings of one initialisation; "
-                        "choose runs with where={strategy.name: ...})" if what == "initialisation" else "")
+                        "choose runs with where={strategy.label: ...})" if what == "initialisation" else "")
                 raise ConfigError(f"run '{ing.dir}' cannot be fused with '{first.dir}': its {what} differ "
                                   f"({shown}){hint}")
 
@@ -133,12 +171,16 @@ def check_compatible(ingredients: list[Ingredient], shared_init: bool) -> None:
 def interpolate(theta_0: dict, theta_1: dict, alpha: float) -> dict:
     """(1-α)·θ_0 + α·θ_1 for every floating-point tensor (exact at α = 0 and 1); integer buffers such
     as BatchNorm's ``num_batches_tracked`` are counts, not weights: taken from θ_1."""
+    import torch
+
     return {k: torch.lerp(v, theta_1[k].to(v.dtype), alpha) if v.is_floating_point() else theta_1[k].clone()
             for k, v in theta_0.items()}
 
 
 def average(states: list[dict]) -> dict:
     """The uniform mean of floating-point tensors (accumulated in float64); integer buffers from the first."""
+    import torch
+
     return {k: (torch.stack([s[k].double() for s in states]).mean(0).to(v.dtype) if v.is_floating_point()
                 else v.clone()) for k, v in states[0].items()}
 
@@ -161,16 +203,16 @@ class Fused:
     forward_passes: int = 1
 
 
-class Method:
-    """A fusion method: ``method(ingredients, score, cfg)`` -> ``Fused``. ``score(weights)`` (a state
-    dict or a model) returns the metrics of val, test and every evaluation set."""
-
-    averages_weights = True  # needs one shared initialisation (soups, interpolation)
-
-    def __call__(self, ingredients: list[Ingredient], score, cfg) -> Fused:
-        raise NotImplementedError
+def better(a: float, b: float, metric: str) -> bool:
+    """Whether ``a`` is at least as good as ``b`` for ``metric`` (its direction)."""
+    return a >= b if higher_is_better(metric) else a <= b
 
 
 def best(candidates: list[Candidate], metric: str) -> int:
-    """The candidate with the highest validation ``metric``; the first of equals."""
-    return max(range(len(candidates)), key=lambda i: (candidates[i].metrics.get(metric, -math.inf), -i))
+    """The candidate with the best validation ``metric`` in its direction; the first of equals."""
+    sign = 1 if higher_is_better(metric) else -1
+
+    def score(i: int) -> float:
+        value = candidates[i].metrics.get(metric, math.nan)
+        return -math.inf if value is None or math.isnan(value) else sign * value
+    return max(range(len(candidates)), key=lambda i: (score(i), -i))

@@ -5,46 +5,57 @@ features, each task's head returns log-probabilities (so the loss is the ensembl
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
-import torch
-from torch import nn
-
+from transferlab.fusion import FUSIONS
 from transferlab.fusion.base import Candidate, Fused, Method
+from transferlab.fusion.uniform_soup import alone
 
 
-class EnsembleHead(nn.Module):
-    def __init__(self, heads: list[nn.Module], combine: str):
-        super().__init__()
-        self.heads, self.combine = nn.ModuleList(heads), combine
+def ensemble_model(members: list, combine: str):
+    """One module whose tasks' outputs combine the members' (torch from here)."""
+    import torch
+    from torch import nn
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        logits = torch.stack([head(f) for head, f in zip(self.heads, features)])
-        if self.combine == "logits":
-            return logits.mean(0)
-        return torch.logsumexp(torch.log_softmax(logits, dim=-1), dim=0) - math.log(len(self.heads))
+    class EnsembleHead(nn.Module):
+        def __init__(self, heads: list[nn.Module]):
+            super().__init__()
+            self.heads = nn.ModuleList(heads)
+
+        def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+            logits = torch.stack([head(f) for head, f in zip(self.heads, features)])
+            if combine == "logits":
+                return logits.mean(0)
+            return torch.logsumexp(torch.log_softmax(logits, dim=-1), dim=0) - math.log(len(self.heads))
+
+    class Ensemble(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.members = nn.ModuleList(members)
+            self.heads = nn.ModuleDict({task: EnsembleHead([m.heads[task] for m in members])
+                                        for task in members[0].heads})
+
+        def encode(self, inputs) -> list[torch.Tensor]:
+            return [m.encode(inputs) for m in self.members]
+
+        def forward(self, inputs) -> dict[str, torch.Tensor]:
+            features = self.encode(inputs)
+            return {task: head(features) for task, head in self.heads.items()}
+
+    return Ensemble()
 
 
-class Ensemble(nn.Module):
-    def __init__(self, members: list[nn.Module], combine: str = "probs"):
-        super().__init__()
-        self.members = nn.ModuleList(members)
-        self.heads = nn.ModuleDict({task: EnsembleHead([m.heads[task] for m in members], combine)
-                                    for task in members[0].heads})
-
-    def encode(self, inputs) -> list[torch.Tensor]:
-        return [m.encode(inputs) for m in self.members]
-
-    def forward(self, inputs) -> dict[str, torch.Tensor]:
-        features = self.encode(inputs)
-        return {task: head(features) for task, head in self.heads.items()}
-
-
+@FUSIONS.register("ensemble")
+@dataclass(kw_only=True)
 class OutputEnsemble(Method):
+    kind: str = "ensemble"
+    combine: Literal["probs", "logits"] = "probs"  # mean of softmax outputs | mean of logits
     averages_weights = False
 
-    def __call__(self, ingredients, score, cfg) -> Fused:
-        candidates = [Candidate(ing.label, score(ing.state), members=[str(ing.dir)]) for ing in ingredients]
-        ensemble = Ensemble([score.model(ing.state) for ing in ingredients], cfg.combine)
-        candidates.append(Candidate(f"ensemble of {len(ingredients)} ({cfg.combine})", score(ensemble),
+    def __call__(self, ingredients, score) -> Fused:
+        candidates = alone(ingredients, score)
+        ensemble = ensemble_model([score.model(ing.state) for ing in ingredients], self.combine)
+        candidates.append(Candidate(f"ensemble of {len(ingredients)} ({self.combine})", score(ensemble),
                                     members=[str(ing.dir) for ing in ingredients]))
         return Fused(candidates, len(candidates) - 1, None, forward_passes=len(ingredients))

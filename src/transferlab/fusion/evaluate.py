@@ -1,12 +1,12 @@
-"""Score candidate weights the way a run tests: ``run.build`` of the reference run's plan and the
-Trainer's own validate and test loops, so a fused model's numbers and ``tl-eval`` of its checkpoint
-are the same computation (α = 1 is exactly the fine-tuned run's test)."""
+"""Score candidate weights the way a run tests: the reference run's model rebuilt from its checkpoint
+(``models.from_checkpoint``), its data built by ``run.build``, and the Trainer's own validate and test
+loops, so a fused model's numbers and ``tl-eval`` of its checkpoint are the same computation (α = 1 is
+exactly the fine-tuned run's test)."""
 from __future__ import annotations
 
 import copy
 import math
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -20,9 +20,9 @@ class Evaluator:
     model (an ensemble); ``recompute_bn``: BatchNorm statistics are re-estimated on the training
     images (evaluation transform, fixed order) first, since averaged weights never saw averaged ones."""
 
-    def __init__(self, plan, recompute_bn: bool = False):
-        self.module, self.datamodule, _, self.eval_sets = run.build(plan)
-        self.trainer = run.create_trainer(plan, Path(plan.paths.run_dir))
+    def __init__(self, plan, loaded, recompute_bn: bool = False):
+        self.module, self.datamodule, self.eval_sets = run.build(plan, loaded)
+        self.trainer = run.create_trainer(plan, plan.run_dir)
         self.base, self.recompute_bn = self.module.model, recompute_bn
 
     def _load(self, model: nn.Module, state: Mapping) -> nn.Module:
