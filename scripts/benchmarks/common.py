@@ -35,7 +35,7 @@ for _name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_
 CPU_SETTING = ["model=tiny", "data=digits", "data.input_size=64", "data.batch_size=64"]
 CPU_PROBE_SETTING = ["model.name=resnet18", "data=digits", "data.input_size=64", "data.batch_size=64"]
 CPU_QUICK_SETTING = ["model=tiny", "data=digits", "data.input_size=32", "data.batch_size=64"]
-GPU_SETTING = ["model=resnet50", "data=synthetic", "tasks.main.label=shape", "data.num_samples=4000",
+GPU_SETTING = ["model=resnet50", "data=synthetic", "tasks.main.column=shape", "data.num_samples=4000",
                "data.input_size=224", "data.batch_size=128", "data.num_workers=4", "trainer.precision=bf16-mixed"]
 COMMON = ["model.pretrained=false", "source=none", "logger=none", "trainer.enable_progress_bar=false",
           "trainer.enable_model_summary=false"]
@@ -62,7 +62,8 @@ def compose(overrides: list[str], run_dir: Path):
 
 
 def build(plan) -> run.Parts:
-    """``run.build`` after seeding, as tl-train does."""
+    """``run.build`` after preparing (a tokenizer to train) and seeding, as tl-train does."""
+    run.prepare(plan)
     pl.seed_everything(plan.seed, workers=True, verbose=False)
     return run.build(plan)
 

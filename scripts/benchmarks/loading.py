@@ -29,7 +29,7 @@ def bench_loading(setting: list[str], tmp: Path, epochs: int, workers=(0, 1, 2))
         rows.append({"num_workers": w, "images_per_s": round(rate, 1),
                      "images_per_s_per_worker": round(rate / max(1, w), 1)})
         del loader
-    return {"setting": {"data": plan.data.name, "input_size": plan.data.input_size,
+    return {"setting": {"data": plan.data.label, "input_size": plan.data.input_size,
                         "batch_size": plan.data.batch_size, "augment": bool(plan.data.augment.enabled),
                         "epochs": epochs},
             "rows": rows}

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from transferlab import run
+from transferlab.callbacks import ApplyStrategy
 from transferlab.data import batch_size
 from transferlab.models import create_model
 from transferlab.optim import create_optimizer, create_scheduler
@@ -52,9 +53,9 @@ def _parts(plan, predecode: bool) -> run.Parts:
 
 def framework_epochs(plan, run_dir: Path, warmup: int, predecode: bool) -> dict:
     """tl-train's module, strategy callback and Trainer (``run.build`` + ``run.create_trainer``)."""
-    module, datamodule, strategy, _ = _parts(plan, predecode)
+    module, datamodule, _ = _parts(plan, predecode)
     timer = EpochTimer(warmup)
-    trainer = run.create_trainer(plan, run_dir, [strategy, timer], loggers=[])
+    trainer = run.create_trainer(plan, run_dir, [ApplyStrategy(plan.strategy), timer], loggers=[])
     trainer.fit(module, datamodule=datamodule)
     return timer.steady()
 
@@ -72,23 +73,23 @@ def _autocast(precision: str, device: torch.device):
 
 def plain_epochs(plan, warmup: int, predecode: bool) -> dict:
     """The same work by hand: same model factory, DataLoader, optimizer, schedule, loss and precision."""
-    module, datamodule, strategy, _ = _parts(plan, predecode)
-    tasks = module.tasks
+    module, datamodule, _ = _parts(plan, predecode)
+    strategy, tasks = plan.strategy, module.tasks
     del module  # the framework's own copy; the plain loop builds its model with the same factory and seed
     pl.seed_everything(plan.seed, workers=True, verbose=False)
     model = create_model(plan.model, tasks)
-    device = torch.device("cuda" if torch.cuda.is_available() and plan.trainer.accelerator in ("auto", "gpu", "cuda")
+    device = torch.device("cuda" if torch.cuda.is_available() and plan.trainer["accelerator"] in ("auto", "gpu", "cuda")
                           else "cpu")
     model.to(device).train()
     loader = train_loader(datamodule)
-    epochs = plan.trainer.max_epochs
+    epochs = plan.trainer["max_epochs"]
     optimizer = create_optimizer(model, plan.optimizer,
                                  stage_lr_scale=lambda stage: strategy.lr_scale(stage, model.num_stages))
     total = len(loader) * epochs
     scheduler = create_scheduler(optimizer, plan.scheduler, total_steps=total,
                                  steps_per_epoch=max(1, total // epochs))["scheduler"]
-    scaler = torch.amp.GradScaler(device.type) if str(plan.trainer.precision).startswith("16") else None
-    autocast = _autocast(plan.trainer.precision, device)
+    scaler = torch.amp.GradScaler(device.type) if str(plan.trainer["precision"]).startswith("16") else None
+    autocast = _autocast(plan.trainer["precision"], device)
     task = tasks[0]
     samples, start = 0, None
     for epoch in range(epochs):
@@ -97,7 +98,7 @@ def plain_epochs(plan, warmup: int, predecode: bool) -> dict:
             start, cpu_start = time.perf_counter(), time.process_time()
         for inputs, labels in loader:
             inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
-            y = labels[task.label].to(device, non_blocking=True)
+            y = labels[task.column].to(device, non_blocking=True)
             with autocast():
                 loss = F.cross_entropy(model(inputs)[task.name], y)
             optimizer.zero_grad(set_to_none=True)
@@ -131,10 +132,10 @@ def bench_overhead(setting: list[str], tmp: Path, warmup: int, epochs: int, reps
     # moment; the median of these paired ratios survives a change of load between repetitions.
     ratio = statistics.median(f["samples_per_s"] / p["samples_per_s"] for f, p in zip(framework, plain))
     return {
-        "setting": {"model": plan.model.name, "data": plan.data.name, "input_size": plan.data.get("input_size"),
+        "setting": {"model": plan.model.name, "data": plan.data.label, "input_size": getattr(plan.data, "input_size", None),
                     "batch_size": plan.data.batch_size, "num_workers": plan.data.num_workers,
-                    "optimizer": plan.optimizer.name, "scheduler": plan.scheduler.name,
-                    "precision": str(plan.trainer.precision), "augment": bool(plan.data.augment.enabled),
+                    "optimizer": plan.optimizer.kind, "scheduler": plan.scheduler.kind,
+                    "precision": str(plan.trainer["precision"]), "augment": bool(plan.data.augment.enabled),
                     "predecoded": predecode, "warmup_epochs": warmup, "timed_epochs": epochs, "repetitions": reps},
         "framework_samples_per_s": round(fw, 2), "plain_samples_per_s": round(pn, 2),
         "framework_runs_samples_per_s": [round(r["samples_per_s"], 2) for r in framework],

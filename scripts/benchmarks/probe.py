@@ -11,7 +11,6 @@ import statistics
 from pathlib import Path
 
 from transferlab import run
-from transferlab.config import compose_config
 
 from .common import COMMON, EpochTimer, compose
 
@@ -19,11 +18,11 @@ TARGET = 10.0  # uncached fit_seconds / cached fit_seconds
 
 
 def probe_run(setting: list[str], run_dir: Path, epochs: int, cache: bool, feature_cache: Path) -> dict:
-    cfg = compose_config([*COMMON, *setting, "strategy=linear_probe", "data.augment.enabled=false",
-                          f"strategy.cache_features={str(cache).lower()}", f"trainer.max_epochs={epochs}",
-                          f"paths.feature_cache={feature_cache}"])
+    plan = compose([*COMMON, *setting, "strategy=linear_probe", "data.augment.enabled=false",
+                    f"strategy.cache_features={str(cache).lower()}", f"trainer.max_epochs={epochs}",
+                    f"paths.feature_cache={feature_cache}"], run_dir)
     timer = EpochTimer()
-    metrics = run.train(cfg, callbacks=[timer], overrides={"paths.run_dir": str(run_dir)})
+    metrics = run.train(plan, callbacks=(timer,))
     epoch_seconds = timer.epoch_seconds()
     steady = statistics.median(epoch_seconds[1:]) if len(epoch_seconds) > 1 else epoch_seconds[0]
     return {"fit_seconds": metrics["fit_seconds"], "test_acc": metrics.get("test/acc"),
@@ -45,7 +44,7 @@ def bench_probe(setting: list[str], tmp: Path, epochs: int) -> dict:
     plan = compose([*COMMON, *setting], tmp / "probe_cfg")
     ratio = uncached["fit_seconds"] / shared["fit_seconds"]
     return {
-        "setting": {"model": plan.model.name, "data": plan.data.name, "input_size": plan.data.input_size,
+        "setting": {"model": plan.model.name, "data": plan.data.label, "input_size": plan.data.input_size,
                     "batch_size": plan.data.batch_size, "epochs": epochs, "augment": False},
         "uncached": uncached, "cached_first_run": first, "cached": shared,
         "ratio": round(ratio, 3),

@@ -9,7 +9,7 @@ from pathlib import Path
 from .common import build, compose
 from .overhead import bench_overhead
 
-TEXT_SETTING = ["model=tiny_bert", "data=synthetic_text", "tasks.main.label=topic", "data.num_samples=2000",
+TEXT_SETTING = ["model=tiny_bert", "data=synthetic_text", "tasks.main.column=topic", "data.num_samples=2000",
                 "data.batch_size=64"]
 
 

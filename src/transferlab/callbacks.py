@@ -1,4 +1,4 @@
-"""Lightning callbacks every run gets (besides the strategy and checkpoints, in ``checkpoints``)."""
+"""Lightning callbacks every run gets (besides the checkpoints, in ``checkpoints``)."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +9,20 @@ from transferlab import metrics as names
 from transferlab.data import batch_size
 
 log = logging.getLogger(__name__)
+
+
+class ApplyStrategy(Callback):
+    """Applies a transfer strategy (``strategies``: settings and a schedule) at every epoch: which stages
+    train, and which BatchNorm layers stay in eval mode after Lightning puts the module back in train mode."""
+
+    def __init__(self, strategy):
+        self.strategy = strategy
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.strategy.apply(pl_module.model, trainer.current_epoch)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.strategy.set_norm_modes()
 
 
 class SampleCounter(Callback):

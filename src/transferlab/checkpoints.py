@@ -1,6 +1,6 @@
-"""Checkpoints: writing them (``best.ckpt`` by the monitored metric, ``last.ckpt`` after every epoch,
-each written to a temporary file beside the target and renamed into place) and
-reading them (tensors only, whoever wrote them), including source weights for a new model.
+"""Writing checkpoints: ``best.ckpt`` by the monitored metric, ``last.ckpt`` after every epoch, each
+written to a temporary file beside the target and renamed into place. Reading them (tensors only,
+whoever wrote them) is ``models.checkpoint``'s.
 """
 from __future__ import annotations
 
@@ -19,15 +19,17 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from transferlab import metrics
 from transferlab.errors import CheckpointError
-from transferlab.rundir import resume_command
+from transferlab.models.checkpoint import read_checkpoint
+from transferlab.runs import BEST, CHECKPOINTS, LAST, resume_command
 
 log = logging.getLogger(__name__)
 
 
 def create_checkpoints(run_dir: Path) -> list[Callback]:
-    best = RelocatableCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=metrics.MONITOR, mode="max",
+    folder = run_dir / CHECKPOINTS
+    best = RelocatableCheckpoint(dirpath=folder, filename=Path(BEST).stem, monitor=metrics.MONITOR, mode="max",
                                  auto_insert_metric_name=False)
-    return [best, LastCheckpoint(best, run_dir / "checkpoints"), CheckpointOnInterrupt(run_dir)]
+    return [best, LastCheckpoint(best, folder), CheckpointOnInterrupt(run_dir)]
 
 
 class RelocatableCheckpoint(ModelCheckpoint):
@@ -89,7 +91,7 @@ class LastCheckpoint(RelocatableCheckpoint):
     """
 
     def __init__(self, best: ModelCheckpoint, dirpath: Path):
-        super().__init__(dirpath=dirpath, filename="last", monitor=None, enable_version_counter=False)
+        super().__init__(dirpath=dirpath, filename=Path(LAST).stem, monitor=None, enable_version_counter=False)
         self.best = best
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
@@ -130,7 +132,7 @@ class CheckpointOnInterrupt(Callback):
             return
         if not trainer.is_global_zero:
             return
-        last = self.run_dir / "checkpoints" / "last.ckpt"
+        last = self.run_dir / CHECKPOINTS / LAST
         where = f"interrupted in epoch {trainer.current_epoch} (step {trainer.global_step})"
         if last.is_file():
             print(f"{where}; {last} holds the end of the last finished epoch, and resuming repeats the interrupted "
@@ -139,77 +141,3 @@ class CheckpointOnInterrupt(Callback):
         else:
             print(f"{where}, before any epoch finished: there is nothing to resume; start the run again",
                   file=sys.stderr, flush=True)
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """A foreign file, tensors and plain containers only (``weights_only``): nothing in it can run code.
-
-    Returns ``{"state_dict": {name: tensor}, ...}`` for safetensors, plain torch state dicts and
-    Lightning checkpoints alike (a Lightning checkpoint keeps its other entries, e.g. hyper_parameters).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' does not exist (model.checkpoint / ckpt_path must name a "
-                              f".ckpt, .pth, .bin or .safetensors file)")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return {"state_dict": load_file(str(path))}
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure to parse means the file is unusable
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot load checkpoint '{path}': {first}. Only tensor files are accepted "
-                              f"(loaded with weights_only=True); a truncated file or a pickle of other "
-                              f"objects is refused.") from None
-    if isinstance(ckpt, dict):
-        for key in ("state_dict", "model", "state_dict_ema"):
-            if isinstance(ckpt.get(key), dict):
-                ckpt = dict(ckpt, state_dict=ckpt[key])
-                break
-        else:
-            ckpt = {"state_dict": ckpt}
-    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"checkpoint '{path}' holds no state dict of tensors")
-    return ckpt
-
-
-def load_source_weights(model, path, tasks) -> None:
-    """Load a backbone, and the heads of tasks with the same name, class count and class names, from a
-    transferlab or timm checkpoint. Other heads stay freshly initialised (the usual transfer case)."""
-    ckpt = read_checkpoint(path)
-    state = ckpt["state_dict"]
-    prefix = "model.backbone." if any(k.startswith("model.backbone.") for k in state) else ""
-    backbone_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    if not prefix:  # a state dict of the family's own model (e.g. timm's, with its classifier)
-        backbone_state = model.family.backbone_state(model.backbone, backbone_state)
-    own = model.backbone.state_dict()
-    missing = sorted(set(own) - set(backbone_state))
-    unexpected = sorted(set(backbone_state) - set(own))
-    wrong_shape = sorted(k for k in set(own) & set(backbone_state) if own[k].shape != backbone_state[k].shape)
-    bad = missing + unexpected + wrong_shape
-    if bad:
-        name = model.family.cfg.get("name") or type(model.backbone).__name__
-        shown = "; ".join([f"missing {k}" for k in missing[:3]] + [f"unexpected {k}" for k in unexpected[:3]] +
-                          [f"{k}: {tuple(backbone_state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong_shape[:3]])
-        raise CheckpointError(f"checkpoint '{path}' does not match model '{name}': {len(bad)} of {len(own)} backbone "
-                              f"keys mismatched ({len(missing)} missing, {len(unexpected)} unexpected, "
-                              f"{len(wrong_shape)} of another shape), e.g. {shown}. Choose the model the checkpoint "
-                              f"was trained with (model.name=...).")
-    model.backbone.load_state_dict(backbone_state)
-    source_classes = {t["name"]: t.get("class_names") for t in ckpt.get("hyper_parameters", {}).get("tasks", [])}
-    for task in tasks:
-        head = model.heads[task.name]
-        head_state = {k[len(f"model.heads.{task.name}."):]: v for k, v in state.items()
-                      if k.startswith(f"model.heads.{task.name}.")}
-        own_head = head.state_dict()
-        same_shape = head_state.keys() == own_head.keys() and all(v.shape == own_head[k].shape for k, v in head_state.items())
-        same_labels = source_classes.get(task.name) in (None, task.class_names)
-        if same_shape and same_labels:
-            head.load_state_dict(head_state)
-            log.info("head '%s' loaded from %s", task.name, path)
-        else:
-            why = "another class count" if head_state and not same_shape else (
-                "other classes" if head_state else "no head of this task")
-            log.info("head '%s' newly initialised: the source has %s", task.name, why)

@@ -16,14 +16,14 @@ from pytorch_lightning import LightningModule
 from transferlab import metrics as names
 from transferlab.data import batch_size
 from transferlab.errors import TrainingError
-from transferlab.models import TransferModel
+from transferlab.models.network import TransferModel
 from transferlab.tasks import Task
 
 
 class TransferModule(LightningModule):
     def __init__(self, model: TransferModel, tasks: list[Task], loss_weighting: torch.nn.Module,
                  optimizer_factory: Callable, scheduler_factory: Callable, monitor_task: str | None = None,
-                 compile_backbone: bool = False, config: dict | None = None):
+                 compile_backbone: bool = False, hparams: dict | None = None):
         super().__init__()
         self.model, self.tasks, self.loss_weighting = model, tasks, loss_weighting
         self.optimizer_factory, self.scheduler_factory = optimizer_factory, scheduler_factory
@@ -38,10 +38,9 @@ class TransferModule(LightningModule):
                                             for split in ("val", "test") for t in tasks})
         self.register_buffer("val_acc_best", torch.tensor(float("-inf")))
         self.first_bad = torch.tensor([-1.0, 0.0])  # (step, loss) of the first non-finite loss
-        # A plain dict (no OmegaConf objects) so checkpoints load with weights_only=True.
-        self.save_hyperparameters({"config": config or {}, "tasks": [
-            {"name": t.name, "label": t.label, "num_classes": t.num_classes, "class_names": t.class_names}
-            for t in tasks]}, logger=False)
+        # Plain values (the config, the tasks, the family's record) so checkpoints load with weights_only=True
+        # and models.from_checkpoint rebuilds the model from them alone.
+        self.save_hyperparameters(hparams or {"tasks": [t.record() for t in tasks]}, logger=False)
 
     def metric(self, split: str, metric: str, task: str) -> str:
         """A task's metric name: per task only when there are several."""
@@ -54,10 +53,13 @@ class TransferModule(LightningModule):
         tasks = [t for t in self.tasks if t.stream == stream and (only is None or t.name in only)]
         if not tasks:
             return {}, {}
-        # cached backbone features (frozen backbone) or the family's own inputs
-        features = inputs["features"] if "features" in inputs else self.model.encode(inputs)
-        logits = {t.name: self.model.heads[t.name](features) for t in tasks}
-        losses = {t.name: F.cross_entropy(logits[t.name], labels[t.label]) for t in tasks}
+        features = {}  # per level: cached backbone features (frozen backbone) or the family's own encoding
+        for t in tasks:
+            if t.token_level not in features:
+                features[t.token_level] = (self.model.encode_tokens(inputs) if t.token_level else
+                                           inputs["features"] if "features" in inputs else self.model.encode(inputs))
+        logits = {t.name: self.model.heads[t.name](features[t.token_level]) for t in tasks}
+        losses = {t.name: F.cross_entropy(logits[t.name], labels[t.column]) for t in tasks}
         return losses, logits
 
     def training_step(self, batch, batch_idx):
@@ -110,7 +112,7 @@ class TransferModule(LightningModule):
             self.log(self.metric(split, "loss", name), value, batch_size=batch_size(inputs),
                      add_dataloader_idx=False, sync_dist=True)
             task = next(t for t in self.tasks if t.name == name)
-            self._metrics(split, name).update(logits[name], labels[task.label])
+            self._metrics(split, name).update(logits[name], labels[task.column])
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         self._eval_step("val", batch, dataloader_idx)

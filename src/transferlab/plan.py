@@ -1,176 +1,168 @@
-"""Resolve once: the composed config becomes the run's final, read-only plan.
+"""Resolve once: a composed config becomes the run's plan, pure and typed.
 
-Everything a run decides from its config is decided here, in one pass and in this order: overrides
-of the caller (tl-eval, tl-reproduce), resume (the interrupted run's own config), defaults for keys
-older configs lack, validation of every value and every registry name (so a typo fails in seconds,
-before a source run trains), the joint source task, and the source checkpoint (trained now if it
-is missing). ``run.build`` and everything after it only read the plan; config.yaml is the plan.
+``resolve(cfg)`` decides everything a run decides from its config, in one pass: overrides of the
+caller (tl-eval, tl-reproduce), resume (the interrupted run's own config, upgraded to this version),
+evaluation sets, the joint source task, every group's typed settings (each registry entry checks its
+own keys and values, so a typo fails in a second, before anything trains), and what must happen
+before building: the steps ``run.prepare`` performs (a tokenizer to train, the source run to train,
+named by their cache keys). It writes nothing and trains nothing. ``Plan.config`` is config.yaml.
 """
 from __future__ import annotations
 
-import numbers
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from transferlab.config import compose_config, load_run_config, set_value, to_plain
+from transferlab.config import compose_config, set_value, to_plain
 from transferlab.errors import ConfigError
-from transferlab.tasks import task_specs
-
-DEFAULTS = {"model.family": "timm"}  # keys configs written before they existed lack
+from transferlab.settings import INTEGER, POSITIVE_INT, Settings, optional, setting
 
 
-def _positive_int(v):
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+@dataclass(kw_only=True)
+class Trainer(Settings):
+    """The Lightning Trainer arguments the plan itself reads; the rest go to Lightning as they are."""
+    max_epochs: int = setting(30, POSITIVE_INT)
+    check_val_every_n_epoch: int | None = setting(1, optional(POSITIVE_INT))
+
+    @classmethod
+    def parse(cls, node, where):
+        plain = dict(node)
+        own = super().parse({k: plain[k] for k in ("max_epochs", "check_val_every_n_epoch") if k in plain}, where)
+        every, epochs = own.check_val_every_n_epoch, own.max_epochs
+        if isinstance(every, int) and every > epochs:  # checkpoints are chosen on validation
+            raise ConfigError(f"trainer.check_val_every_n_epoch={every} is more than trainer.max_epochs={epochs}: the "
+                              f"run would never validate, so no checkpoint could be chosen; use a value <= {epochs}")
+        return own
 
 
-def _positive_number(v):
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0
+@dataclass(frozen=True)
+class Plan:
+    """One run, decided: the resolved config (read-only) and its typed settings per group."""
+    config: DictConfig
+    run_dir: Path
+    model: object  # models.base.Family
+    data: object  # data.base.Data
+    eval_sets: dict  # name -> Data
+    tasks: list  # tasks.TaskSpec, the joint source task among them
+    task_data: dict  # task name -> Data, for tasks with data of their own
+    strategy: object  # strategies.base.Strategy
+    optimizer: object  # optim.Optimizer
+    scheduler: object  # optim.Scheduler
+    multitask: object  # multitask.Multitask
+    loggers: dict  # entry name -> tracking logger settings
+    trainer: dict  # Lightning Trainer arguments
+    steps: tuple = field(default=())  # what run.prepare does first: train a tokenizer, the source run
+
+    def __repr__(self) -> str:
+        return f"Plan(run_dir={str(self.run_dir)!r}, steps={[str(s) for s in self.steps]})"
+
+    @property
+    def resumed(self) -> bool:
+        return bool(self.config.get("resume"))
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def source_run(self):
+        """The source run this run transfers from (a step of ``run.prepare``), or None."""
+        from transferlab.source import SourceRun
+
+        return next((s for s in self.steps if isinstance(s, SourceRun)), None)
 
 
-def _non_negative_number(v):
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and v >= 0
-
-
-def _fraction(v):
-    return _non_negative_number(v) and v < 1
-
-
-# key -> (check, what is valid); keys absent from a config are skipped.
-SCHEMA = {
-    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    "data.batch_size": (_positive_int, "a positive integer"),
-    "data.num_workers": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
-    "data.train_per_class": (lambda v: v is None or _positive_int(v), "null or a positive integer"),
-    "data.classes": (lambda v: v is None or (OmegaConf.is_list(v) and len({str(c) for c in v}) == len(v) > 0),
-                     "null or a non-empty list of distinct classes"),
-    "data.input_size": (lambda v: v is None or _positive_int(v), "null or a positive integer (pixels)"),
-    "data.val_fraction": (_fraction, "a number in [0, 1)"),
-    "data.test_fraction": (_fraction, "a number in [0, 1)"),
-    "optimizer.lr": (_positive_number, "a positive number"),
-    "optimizer.weight_decay": (_non_negative_number, "a number >= 0"),
-    "optimizer.head_lr_mult": (_positive_number, "a positive number"),
-    "optimizer.layer_decay": (lambda v: v is None or (_positive_number(v) and v <= 1), "null or a number in (0, 1]"),
-    "optimizer.momentum": (_fraction, "a number in [0, 1)"),
-    "trainer.max_epochs": (_positive_int, "a positive integer"),
-    "model.drop_rate": (_fraction, "a number in [0, 1)"),
-    "model.head.hidden": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-                          "an integer >= 0 (0 = a linear head, >0 = the hidden width of an MLP head)"),
-    "model.head.dropout": (_fraction, "a number in [0, 1)"),
-    "trainer.check_val_every_n_epoch": (lambda v: v is None or _positive_int(v), "null or a positive integer"),
-    "model.name": (lambda v: isinstance(v, str) and v != "", "a model name of its family"),
-    "scheduler.warmup_epochs": (_non_negative_number, "a number >= 0"),
-    "strategy.bn": (lambda v: v in ("train", "frozen"), "a BatchNorm policy: one of train, frozen"),
-    "strategy.lp_epochs": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
-    "strategy.backbone_lr_mult": (_positive_number, "a positive number"),
-    "multitask.sampling": (lambda v: v in ("max_size_cycle", "min_size", "max_size", "sequential"),
-                           "a CombinedLoader mode: one of max_size_cycle, min_size, max_size, sequential"),
-}
-
-
-def resolve(cfg: DictConfig, overrides: dict | None = None, train_source=None) -> DictConfig:
-    """The plan of one run: a resolved, read-only copy of ``cfg`` (which stays as it was).
-
-    ``overrides``: config key -> value applied first (what tl-eval and tl-reproduce change of a saved
-    config). ``train_source(plan)``: how to train a missing source run (``run.train``); without it
-    the source checkpoint must already exist.
-    """
-    plan = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+def resolve(cfg: DictConfig, overrides: dict | None = None) -> Plan:
+    """The plan of one run (``cfg`` stays as it was). ``overrides``: config key -> value applied first
+    (what tl-eval and tl-reproduce change of a saved config)."""
+    config = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     for key, value in (overrides or {}).items():
-        set_value(plan, key, value)
-    plan = OmegaConf.create(to_plain(plan))  # interpolations resolved once, overrides' included
-    if plan.get("resume"):
-        plan = _resumed(plan.resume)
-    for key, value in DEFAULTS.items():
-        if OmegaConf.select(plan, key, default=None) is None:
-            set_value(plan, key, value)
-    _complete_eval_sets(plan)
-    validate(plan, tasks=False)
-    _add_source_task(plan)
-    task_specs(plan.tasks, plan.multitask.get("monitor"))  # with the joint source task among them
-    if train_source is not None:
-        from transferlab.source import prepare_source
+        set_value(config, key, value)
+    _check_missing(config)
+    try:
+        config = OmegaConf.create(to_plain(config))  # interpolations resolved once, overrides' included
+    except Exception as e:  # noqa: BLE001 - OmegaConf's interpolation errors
+        raise ConfigError(f"the config cannot be resolved: {str(e).splitlines()[0]}") from None
+    if config.get("resume"):
+        config = _resumed(config)
+    _complete_eval_sets(config)
+    _add_source_task(config)
+    return _typed(config)
 
-        checkpoint = prepare_source(plan, train_source)
-        if checkpoint:
-            set_value(plan, "model.checkpoint", checkpoint)
-    OmegaConf.set_readonly(plan, True)
+
+def _typed(config: DictConfig) -> Plan:
+    from transferlab import source as sources
+    from transferlab.data import KINDS
+    from transferlab.models import FAMILIES
+    from transferlab.multitask import Multitask
+    from transferlab.optim import OPTIMIZERS, SCHEDULERS
+    from transferlab.strategies import STRATEGIES
+    from transferlab.tasks import task_specs
+    from transferlab.tracking import parse_loggers
+
+    seed = config.get("seed")
+    if not INTEGER[0](seed):
+        raise ConfigError(f"seed={seed!r} is not valid: it must be {INTEGER[1]}")
+    model = FAMILIES.parse(config.model, "model")
+    data = KINDS.parse(config.data, "data")
+    eval_sets = {name: KINDS.parse(node, f"eval_sets.{name}") for name, node in (config.get("eval_sets") or {}).items()}
+    multitask = Multitask.parse(config.multitask, "multitask")
+    tasks = task_specs(config.tasks, multitask.monitor)
+    task_data = {t.name: KINDS.parse(OmegaConf.merge(config.data, t.data), f"tasks.{t.name}.data")
+                 for t in tasks if t.data}
+    for where, node in [("data", data), *((f"eval_sets.{n}", d) for n, d in eval_sets.items()),
+                        *((f"tasks.{n}.data", d) for n, d in task_data.items())]:
+        _check_modality(model, node, where)
+    steps = list(model.steps())
+    if sources.wanted(config):
+        src_cfg, folder = sources.source_config(config, model.inputs_key())
+        source = sources.SourceRun(_typed_source(src_cfg), tuple(config.source.overrides))
+        set_value(config, "model.checkpoint", str(source.checkpoint))
+        model = FAMILIES.parse(config.model, "model")
+        steps.append(source)
+    plan = Plan(config=config, run_dir=Path(str(config.paths.run_dir)), model=model, data=data, eval_sets=eval_sets,
+                tasks=tasks, task_data=task_data, strategy=STRATEGIES.parse(config.strategy, "strategy"),
+                optimizer=OPTIMIZERS.parse(config.optimizer, "optimizer"),
+                scheduler=SCHEDULERS.parse(config.scheduler, "scheduler"), multitask=multitask,
+                loggers=parse_loggers(config.get("logger")), trainer=to_plain(config.trainer), steps=tuple(steps))
+    Trainer.parse(config.trainer, "trainer")
+    OmegaConf.set_readonly(config, True)
     return plan
 
 
-def from_checkpoint(ckpt_path, overrides: dict | None = None) -> DictConfig:
-    """The plan a transferlab checkpoint was trained with, its weights to come from checkpoints (no
-    source run, no pretrained download, one device): what tl-eval and tl-fuse evaluate with."""
-    from transferlab.checkpoints import read_checkpoint
-    from transferlab.config import check_saved
-
-    hparams = read_checkpoint(ckpt_path).get("hyper_parameters", {})
-    saved = hparams.get("config")
-    if not saved:
-        raise ConfigError(f"'{ckpt_path}' is not a transferlab checkpoint (it holds no run config); "
-                          f"to start a run from foreign weights use tl-train model.checkpoint=...")
-    check_saved(saved, f"the config inside '{ckpt_path}'")
-    fixed = {"model.checkpoint": None, "model.pretrained": False, "source": None, "resume": None, "ckpt_path": None,
-             "trainer.devices": 1, "trainer.num_nodes": 1, "trainer.strategy": "auto"}
-    for task in hparams.get("tasks", []):  # a dataset with another class count is then a clear error
-        fixed[f"tasks.{task['name']}.num_classes"] = task["num_classes"]
-    return resolve(OmegaConf.create(saved), {**fixed, **(overrides or {})})
+def _typed_source(src_cfg: DictConfig) -> Plan:
+    """The source run's own plan (resolved like any run)."""
+    config = OmegaConf.create(to_plain(src_cfg))
+    _complete_eval_sets(config)
+    _add_source_task(config)
+    return _typed(config)
 
 
-def validate(cfg: DictConfig, tasks: bool = True) -> None:
-    """Every value and every choice the config alone can show to be wrong: one ConfigError naming it.
-    ``tasks=False`` leaves the task declarations for later (``resolve`` adds the joint source task first)."""
-    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
+def _check_missing(config: DictConfig) -> None:
+    missing = sorted(k for k in OmegaConf.missing_keys(config) if not k.startswith("hydra"))
     if missing:
         raise ConfigError(f"required value(s) not set: {', '.join(missing)}; pass them as overrides, "
                           f"e.g. {missing[0]}=...")
-    for key, (ok, valid) in SCHEMA.items():
-        try:
-            value = OmegaConf.select(cfg, key, throw_on_missing=True, default="__absent__")
-        except Exception as e:  # noqa: BLE001 - interpolation and missing-value errors
-            raise ConfigError(f"config value {key} cannot be read: {e}") from None
-        if value != "__absent__" and not ok(value):
-            raise ConfigError(f"{key}={value!r} is not valid: it must be {valid}")
-    _check_validation_interval(cfg)
-    _check_choices(cfg)
-    if tasks:
-        task_specs(cfg.tasks, cfg.multitask.get("monitor"))
 
 
-def _check_validation_interval(cfg: DictConfig) -> None:
-    """Checkpoints are chosen on validation: a run that never validates has no best checkpoint to test."""
-    every = OmegaConf.select(cfg, "trainer.check_val_every_n_epoch", default=None)
-    epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
-    if isinstance(every, int) and isinstance(epochs, int) and every > epochs:
-        raise ConfigError(f"trainer.check_val_every_n_epoch={every} is more than trainer.max_epochs={epochs}: the run "
-                          f"would never validate, so no checkpoint could be chosen; use a value <= {epochs}")
+def _check_modality(model, data, where: str) -> None:
+    if model.modality != data.modality:
+        from transferlab.data import KINDS
+
+        kinds = [e.name for e in KINDS.entries() if e.cls.modality == model.modality]
+        raise ConfigError(f"model '{model.name}' (model.kind={model.kind}) reads {model.modality}, but {where} "
+                          f"'{data.label}' ({where}.kind={data.kind}) is not a {model.modality} dataset; valid "
+                          f"kinds: {', '.join(kinds)} (a source run of another modality? choose its source= too)")
 
 
-def _check_choices(cfg: DictConfig) -> None:
-    """Registry names and settings, without building anything."""
-    from transferlab.choices import (FAMILIES, KINDS, LOGGERS, LOSS_WEIGHTING, OPTIMIZERS, SCHEDULERS, STRATEGIES,
-                                     strategy_settings)
-
-    FAMILIES.check(cfg.model.family)
-    KINDS.check(cfg.data.kind)
-    for name, data in (cfg.get("eval_sets") or {}).items():
-        KINDS.check(data.kind, key=f"eval_sets.{name}.kind")
-    STRATEGIES.check_settings(cfg.strategy.kind, strategy_settings(cfg.strategy))
-    OPTIMIZERS.check(cfg.optimizer.name)
-    SCHEDULERS.check(cfg.scheduler.name)
-    LOSS_WEIGHTING.check(cfg.multitask.loss_weighting)
-    for name, spec in (cfg.get("logger") or {}).items():
-        if spec is not None:
-            LOGGERS.check(spec.kind, key=f"logger.{name}.kind")
-
-
-def _complete_eval_sets(cfg: DictConfig) -> None:
-    """``eval_sets``: name -> overrides of the run's data (a mapping, e.g. ``{corruption: {name: blur}}``)
+def _complete_eval_sets(config: DictConfig) -> None:
+    """``eval_sets``: name -> overrides of the run's data (a mapping, e.g. ``{corruption: {kind: blur}}``)
     or the name of a ``conf/data`` file; the plan keeps each as the complete data config it tests on."""
     from transferlab import CONF_DIR
 
-    for name, spec in list((cfg.get("eval_sets") or {}).items()):
+    for name, spec in list((config.get("eval_sets") or {}).items()):
         if not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)):
             raise ConfigError(f"eval_sets.{name}: an evaluation set's name becomes part of metric names "
                               f"(eval/<name>/acc); use letters, digits, '_' and '-' only")
@@ -181,44 +173,52 @@ def _complete_eval_sets(cfg: DictConfig) -> None:
                                   f"(or a mapping of overrides of the run's data)")
             data = compose_config([f"data={spec}"]).data
         elif isinstance(spec, DictConfig):
-            data = OmegaConf.merge(cfg.data, spec)
+            data = OmegaConf.merge(config.data, spec)
         else:
             raise ConfigError(f"eval_sets.{name}={spec!r} is neither a dataset config name nor a mapping of data "
-                              f"overrides (e.g. +eval_sets.{name}.corruption.name=gaussian_noise)")
-        set_value(cfg, f"eval_sets.{name}", to_plain(data))
+                              f"overrides (e.g. +eval_sets.{name}.corruption.kind=gaussian_noise)")
+        set_value(config, f"eval_sets.{name}", to_plain(data))
 
 
-def _resumed(run_dir) -> DictConfig:
+def _resumed(config: DictConfig) -> DictConfig:
     """The interrupted run's own config, continuing from its last checkpoint in its own directory."""
-    cfg = load_run_config(run_dir)
-    last = Path(run_dir) / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        raise ConfigError(f"cannot resume '{run_dir}': it has no checkpoints/last.ckpt (it stopped before "
+    from transferlab.runs import RunDir
+
+    run = RunDir(config.resume)
+    saved = OmegaConf.create(run.read_config())
+    if not run.last.is_file():
+        raise ConfigError(f"cannot resume '{run.path}': it has no checkpoints/last.ckpt (it stopped before "
                           f"the first epoch ended); start it again instead")
-    if (Path(run_dir) / "metrics.json").is_file():
-        raise ConfigError(f"'{run_dir}' already finished (metrics.json exists); nothing to resume")
-    set_value(cfg, "ckpt_path", str(last))
-    set_value(cfg, "paths.run_dir", str(Path(run_dir).resolve()))
-    set_value(cfg, "resume", str(Path(run_dir).resolve()))  # config.yaml then says the run was resumed
-    set_value(cfg, "optuna_trial", None)  # its sweep closed the trial it was; it no longer reports there
-    return cfg
+    if run.finished():
+        raise ConfigError(f"'{run.path}' already finished (metrics.json exists); nothing to resume")
+    if "fusion" in saved or "strategy" not in saved:
+        raise ConfigError(f"'{run.path}' is not a training run (its config.yaml has no strategy); only an "
+                          f"interrupted tl-train run can be resumed")
+    set_value(saved, "ckpt_path", str(run.last))
+    set_value(saved, "paths.run_dir", str(run.path.resolve()))
+    set_value(saved, "resume", str(run.path.resolve()))  # config.yaml then says the run was resumed
+    set_value(saved, "optuna_trial", None)  # its sweep closed the trial it was; it no longer reports there
+    for key in ("trainer.enable_progress_bar", "verbose"):  # how the console looks is this command's
+        if OmegaConf.select(config, key, default=None) is not None:
+            set_value(saved, key, OmegaConf.select(config, key))
+    return saved
 
 
-def _add_source_task(cfg: DictConfig) -> None:
+def _add_source_task(config: DictConfig) -> None:
     """Multi-task transfer: the source task (``source.overrides``) trains jointly, as a task named
     ``source``, instead of first; the plan (and so config.yaml) records it as an ordinary task."""
-    if not cfg.multitask.get("source_task"):
+    if not config.multitask.get("source_task"):
         return
-    if not cfg.get("source") or not cfg.source.get("overrides"):
+    if not config.get("source") or not config.source.get("overrides"):
         raise ConfigError("multitask.source_task=true needs a source task (source=digits or source.overrides=[...])")
-    if cfg.tasks.get("source") is not None:
+    if config.tasks.get("source") is not None:
         raise ConfigError("task 'source' is declared, but multitask.source_task=true adds the source task under that "
                           "name; rename your task or set multitask.source_task=false")
-    source = compose_config(list(cfg.source.overrides))
-    set_value(source, "model", cfg.model)  # its data may read the model (task=mlm: the vocabulary size)
-    source_data = to_plain(source.data)
-    label = OmegaConf.select(source, "tasks.main.label", default="label")  # e.g. token for an MLM source
-    set_value(cfg, "tasks.source", {"label": label, "num_classes": None, "data": source_data,
-                                    "weight": cfg.multitask.source_weight})
-    set_value(cfg, "multitask.source_task", False)
-    set_value(cfg, "source.overrides", [])
+    source = compose_config(list(config.source.overrides))
+    set_value(source, "model", config.model)  # its tasks may read the model (mlm: the vocabulary size)
+    tasks = [t for t in to_plain(source.tasks).values() if t is not None]
+    task = dict(tasks[0]) if tasks else {"column": "label"}
+    task.update(data=to_plain(source.data), weight=config.multitask.source_weight)
+    set_value(config, "tasks.source", task)
+    set_value(config, "multitask.source_task", False)
+    set_value(config, "source.overrides", [])

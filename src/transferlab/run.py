@@ -1,8 +1,10 @@
-"""The one run path: plan -> factories -> module -> trainer -> run directory.
+"""The one run path: plan -> prepare -> build -> act -> run directory.
 
-``tl-train``, ``tl-eval``, ``tl-reproduce`` and source runs all resolve their plan with
-``plan.resolve`` and assemble it with ``build`` and ``create_trainer`` here; nothing else assembles
-a model, data or trainer, and nothing here changes the plan.
+``tl-train``, ``tl-eval``, ``tl-reproduce``, ``tl-fuse``, source runs and the Python API all go through
+here: ``prepare`` performs what the plan says must exist first (the run directory, a tokenizer, the
+source run), ``build`` assembles data, tasks, model, strategy and module, and ``train`` / ``evaluate``
+act and write the run directory through ``runs``; ``session`` is the config, environment and logger
+life cycle every act shares. Nothing here changes the plan.
 """
 from __future__ import annotations
 
@@ -17,93 +19,128 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning import Callback
 from pytorch_lightning.callbacks import ProgressBar, TQDMProgressBar
-from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from transferlab import metrics as names
-from transferlab import tracking
-from transferlab.callbacks import LearningRates, RandomState, SampleCounter
-from transferlab.checkpoints import StreamingCheckpointIO, create_checkpoints, read_checkpoint
+from transferlab import console, runs, tracking
+from transferlab.callbacks import ApplyStrategy, LearningRates, RandomState, SampleCounter
+from transferlab.checkpoints import StreamingCheckpointIO, create_checkpoints
 from transferlab.config import to_plain
 from transferlab.data.datamodule import TransferDataModule, create_streams
 from transferlab.errors import ConfigError
-from transferlab.loss_weighting import create_loss_weighting
 from transferlab.models import create_model
 from transferlab.module import TransferModule
 from transferlab.optim import create_optimizer, create_scheduler
-from transferlab.plan import resolve
-from transferlab.rundir import check_unused, is_rank_zero
-from transferlab.strategies import Strategy, create_strategy
-from transferlab.tasks import create_tasks, stream_of, task_specs
+from transferlab.plan import Plan
+from transferlab.redact import scrub
+from transferlab.tasks import Task, create_tasks
 
 log = logging.getLogger(__name__)
+
+
+def prepare(plan: Plan, steps: bool = True) -> None:
+    """What must exist before building: this run's directory (taken by a new run; other ranks join rank
+    0's), then the plan's steps in order (a tokenizer to train, the source run to train)."""
+    if not plan.resumed and console.rank_zero():  # before the Trainer settles ranks
+        runs.claim(plan.run_dir)
+    for step in plan.steps if steps else ():
+        if not step.done():
+            step.perform(train)
 
 
 class Parts(NamedTuple):
     module: TransferModule
     datamodule: TransferDataModule
-    strategy: Strategy
     eval_sets: dict[str, TransferDataModule]  # name -> its data, for the tasks on the run's own data
 
 
-def build(plan) -> Parts:
-    """Data, tasks, model, strategy and module of a plan; raises before any training starts."""
-    monitor = plan.multitask.get("monitor")
-    specs = task_specs(plan.tasks, monitor)
-    streams = create_streams(plan.data, specs)
-    tasks = create_tasks(specs, {name: streams[stream_of(s["data"], name)]["splits"]["train"].classes[s["label"]]
-                                 for name, s in specs.items()})
+def build_tasks(plan: Plan) -> tuple[dict, list[Task]]:
+    """The data streams of the plan's tasks and the tasks complete with their classes."""
+    streams = create_streams(plan.data, plan.tasks, plan.task_data)
+    classes = {s.name: streams[s.stream]["splits"]["train"].classes[s.column] for s in plan.tasks if s.reads_labels}
+    return streams, create_tasks(plan.tasks, classes)
+
+
+def build_model(plan: Plan, tasks: list[Task]):
+    """The model of a plan: the family's backbone, a head per task, the source weights."""
     model = create_model(plan.model, tasks)
-    if plan.model.get("compile") and (plan.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available()):
+    if plan.model.compile and (plan.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available()):
         log.warning("model.compile=true on a CPU: compiling takes longer than these runs gain from it (measured "
                     "30x slower for the default experiment); it pays off on GPUs")
-    strategy = create_strategy(plan.strategy)
-    strategy.check_fits(model, plan.trainer.max_epochs)
-    if plan.data.batch_size == 1 and strategy.trains_norm_statistics(model, plan.trainer.max_epochs):
+    return model
+
+
+def build(plan: Plan, loaded=None) -> Parts:
+    """Data, tasks, model, strategy and module of a plan (the model of ``loaded``, a checkpoint rebuilt
+    by ``models.from_checkpoint``, when given); raises before any training starts."""
+    streams, tasks = build_tasks(plan)
+    if loaded is not None:
+        _check_classes(loaded, tasks, "data")
+        model = loaded.model  # its tasks are the plan's (with their data), their classes checked the same
+    else:
+        model = build_model(plan, tasks)
+    strategy, epochs = plan.strategy, plan.trainer["max_epochs"]
+    strategy.check_fits(model, epochs)
+    if plan.data.batch_size == 1 and strategy.trains_norm_statistics(model, epochs):
         raise ConfigError(f"data.batch_size=1 hands the BatchNorm layers of model '{plan.model.name}' one sample "
                           f"per batch in training mode, which they cannot normalise; valid: data.batch_size >= 2, "
                           f"or strategy.bn=frozen (or strategy=linear_probe)")
     module = TransferModule(
-        model, tasks, create_loss_weighting(plan.multitask.loss_weighting, tasks),
+        model, tasks, plan.multitask.loss_weighting.create(tasks),
         optimizer_factory=partial(create_optimizer, cfg=plan.optimizer,
                                   stage_lr_scale=partial(strategy.lr_scale, num_stages=model.num_stages)),
-        scheduler_factory=partial(create_scheduler, cfg=plan.scheduler), monitor_task=monitor,
-        compile_backbone=bool(plan.model.get("compile")), config=tracking.scrub(to_plain(plan)))
-    augment = any(stream["cfg"].augment.enabled for stream in streams.values())
-    cache = strategy.caches_features(model.num_stages, plan.trainer.max_epochs, augment)
+        scheduler_factory=partial(create_scheduler, cfg=plan.scheduler), monitor_task=plan.multitask.monitor,
+        compile_backbone=plan.model.compile,
+        hparams={"config": scrub(to_plain(plan.config)), "tasks": [t.record() for t in tasks],
+                 "family": model.family.record(model.backbone)})
+    augment = any(stream["data"].augment.enabled for stream in streams.values())
+    cache = strategy.caches_features(model.num_stages, epochs, augment) and not any(t.token_level for t in tasks)
     preprocessing = model.family.preprocessing(model.backbone)
-    features = Path(plan.paths.run_dir) / "features"
+    features = Path(plan.run_dir) / "features"
 
-    def datamodule(streams, loader_cfg, store_dir):
+    def datamodule(streams, loader, store_dir):
         return TransferDataModule(
-            streams, partial(model.family.create_transform, preprocessing), loader_cfg, plan.multitask.sampling,
+            streams, partial(model.family.create_transform, preprocessing), loader, plan.multitask.sampling,
             features_from=model.backbone if cache else None, encode=model.encode,
             precision=str(plan.trainer.get("precision", "32-true")), store_dir=store_dir,
-            feature_cache=plan.paths.get("feature_cache"))
+            feature_cache=plan.config.paths.get("feature_cache"))
 
-    eval_sets = {name: datamodule(_eval_streams(name, data, specs, tasks), data, features / f"eval_{name}")
-                 for name, data in (plan.get("eval_sets") or {}).items()}
-    return Parts(module, datamodule(streams, plan.data, features), strategy, eval_sets)
+    eval_sets = {name: datamodule(_eval_streams(name, data, plan, tasks), data, features / f"eval_{name}")
+                 for name, data in plan.eval_sets.items()}
+    return Parts(module, datamodule(streams, plan.data, features), eval_sets)
 
 
-def _eval_streams(name: str, data, specs: dict, tasks) -> dict:
+def _check_classes(loaded, tasks: list[Task], where: str) -> None:
+    """The data's classes are the checkpoint's, in its order: scores against other names are wrong."""
+    trained = {t.name: t for t in loaded.tasks}
+    for task in tasks:
+        own = trained.get(task.name)
+        if own is None:
+            raise ConfigError(f"checkpoint '{loaded.path}' has no task '{task.name}'; its tasks: {', '.join(trained)}")
+        if task.reads_labels and list(task.class_names) != list(own.class_names):
+            raise ConfigError(f"{where} has classes {list(task.class_names)} in '{task.column}'; task '{task.name}' of "
+                              f"checkpoint '{loaded.path}' was trained on {list(own.class_names)} (same names, same "
+                              f"order: set data.classes=[...] to match)")
+
+
+def _eval_streams(name: str, data, plan: Plan, tasks: list[Task]) -> dict:
     """An evaluation set replaces the run's own data for the tasks that read it; its classes must be theirs."""
-    own = {task: spec for task, spec in specs.items() if not spec["data"]}
+    own = [spec for spec in plan.tasks if not spec.data]
     if not own:
         raise ConfigError(f"eval_sets.{name}: every task has data of its own; an evaluation set replaces the run's "
                           f"data, which no task reads")
-    streams = create_streams(data, own)
+    streams = create_streams(data, own, {})
     for task in tasks:
-        if task.name in own:
-            classes = next(iter(streams.values()))["splits"]["test"].classes[task.label]
+        if task.name in {s.name for s in own} and task.reads_labels:
+            classes = next(iter(streams.values()))["splits"]["test"].classes[task.column]
             if list(classes) != list(task.class_names):
-                raise ConfigError(f"eval_sets.{name} ({data.get('name', data.kind)}) has classes {list(classes)} in "
-                                  f"'{task.label}'; task '{task.name}' was trained on {list(task.class_names)}")
+                raise ConfigError(f"eval_sets.{name} ({data.label}) has classes {list(classes)} in "
+                                  f"'{task.column}'; task '{task.name}' was trained on {list(task.class_names)}")
     return streams
 
 
-def create_trainer(plan, run_dir: Path, callbacks=(), loggers=()) -> pl.Trainer:
-    kwargs = to_plain(plan.trainer)
+def create_trainer(plan: Plan, run_dir: Path, callbacks=(), loggers=()) -> pl.Trainer:
+    kwargs = dict(plan.trainer)
     strategy = str(kwargs.get("strategy", ""))
     if "fsdp" in strategy and (kwargs.get("accelerator") == "cpu" or not torch.cuda.is_available()):
         raise ConfigError(f"trainer.strategy={kwargs['strategy']} shards the model across CUDA GPUs, and this run has "
@@ -124,32 +161,43 @@ def create_trainer(plan, run_dir: Path, callbacks=(), loggers=()) -> pl.Trainer:
         raise ConfigError(f"trainer config is not valid ({chosen}): {str(e).splitlines()[0]}") from None
 
 
-def train(cfg, callbacks: tuple[Callback, ...] = (), overrides: dict | None = None) -> dict:
-    """Fit, test the best checkpoint, and leave a complete run directory; returns metrics.json's content.
+@contextmanager
+def session(run_dir: Path, loggers: dict, record: dict | None, trainer: pl.Trainer | None = None):
+    """The life cycle every act shares: ``record`` (the config, when the act keeps one) and ``env.json``
+    written first by rank 0, the loggers started with the config, and each logger's run ended, failed
+    or not, so the next job of a sweep starts a W&B run of its own."""
+    if (trainer is None or trainer.is_global_zero) and record is not None:
+        folder = runs.RunDir(run_dir)
+        folder.write_config(record)
+        folder.write_env(tracking.environment())
+    created = tracking.create_loggers(loggers, run_dir)
+    if trainer is not None:
+        trainer.loggers = created
+    try:
+        tracking.log_config(created, record if record is not None else {})
+        yield created
+    except BaseException as e:
+        tracking.finish(created, "success" if pruned(e) else "failed")  # pruning is how a trial ends early
+        raise
+    tracking.finish(created)
 
-    ``callbacks`` are added to the Trainer's (for programmatic use and tests that watch training);
-    ``overrides`` (key -> value) change ``cfg`` for this run (``plan.resolve``).
-    """
-    plan = resolve(cfg, overrides, train_source=train)
-    run_dir = Path(plan.paths.run_dir)
-    if not plan.get("resume") and is_rank_zero():  # other ranks join rank 0's directory
-        check_unused(run_dir)
+
+def train(plan: Plan, callbacks: tuple[Callback, ...] = ()) -> dict:
+    """Prepare, fit, test the best checkpoint, and leave a complete run directory; returns metrics.json's
+    content. ``callbacks`` are added to the Trainer's (for programmatic use and tests that watch training)."""
+    prepare(plan)
+    run_dir = Path(plan.run_dir)
     pl.seed_everything(plan.seed, workers=True)
-    module, datamodule, strategy, eval_sets = build(plan)
+    module, datamodule, eval_sets = build(plan)
     best, *checkpoints = create_checkpoints(run_dir)
     counter, rates = SampleCounter(), LearningRates()
     # The Trainer first: it settles this process's global rank, so only rank 0 writes files and W&B.
-    trainer = create_trainer(plan, run_dir, [strategy, best, *checkpoints, counter, rates, RandomState(),
-                                             *_optuna_trial(plan, run_dir), *callbacks])
-    config = to_plain(plan)
-    if trainer.is_global_zero:
-        tracking.write_yaml(run_dir / "config.yaml", config)
-        tracking.write_json(run_dir / "env.json", tracking.environment())
-    trainer.loggers = loggers = tracking.create_loggers(plan.logger, run_dir)
-    with _finishing(loggers):
-        tracking.log_config(loggers, config)
+    trainer = create_trainer(plan, run_dir, [ApplyStrategy(plan.strategy), best, *checkpoints, counter, rates,
+                                             RandomState(), *_optuna_trial(plan, run_dir), *callbacks])
+    config = to_plain(plan.config)
+    with session(run_dir, plan.loggers, config, trainer) as loggers:
         start = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=plan.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=plan.config.get("ckpt_path"))
         fit_seconds = time.perf_counter() - start
         learning_rates = rates.summary()  # before test: loading the best checkpoint restores callback states
         samples = trainer.strategy.reduce(torch.tensor(float(counter.samples), device=module.device), reduce_op="sum")
@@ -157,8 +205,8 @@ def train(cfg, callbacks: tuple[Callback, ...] = (), overrides: dict | None = No
         tested = "best" if best.best_model_path else "last"
         metrics = test(trainer, module, datamodule, eval_sets, ckpt_path=tested)
         metrics.update({
-            names.BEST: float(module.val_acc_best), "strategy": strategy.name, "model": plan.model.name,
-            "data": plan.data.name, "seed": plan.seed, "epochs": trainer.current_epoch,
+            names.BEST: float(module.val_acc_best), "strategy": plan.strategy.label, "model": plan.model.name,
+            "data": plan.data.label, "seed": plan.seed, "epochs": trainer.current_epoch,
             "trainable_params": trainable, "total_params": sum(p.numel() for p in module.model.parameters()),
             "fit_seconds": round(fit_seconds, 3), "train_samples_per_second": round(float(samples) / fit_seconds, 2),
             "best_checkpoint": best.best_model_path or None, **learning_rates,
@@ -166,19 +214,8 @@ def train(cfg, callbacks: tuple[Callback, ...] = (), overrides: dict | None = No
         for logger in loggers:  # W&B's summary and the CSV get what each group trained at
             logger.log_metrics(learning_rates, step=trainer.global_step)
         if trainer.is_global_zero:
-            tracking.write_json(run_dir / "metrics.json", metrics)
+            runs.RunDir(run_dir).write_metrics(metrics)
     return metrics
-
-
-@contextmanager
-def _finishing(loggers):
-    """Every logger's run ends, failed or not, so the next job of a sweep starts a W&B run of its own."""
-    try:
-        yield
-    except BaseException as e:
-        tracking.finish(loggers, "success" if pruned(e) else "failed")  # pruning is how a trial ends early
-        raise
-    tracking.finish(loggers)
 
 
 def test(trainer, module, datamodule, eval_sets: dict, ckpt_path: str | None = None) -> dict:
@@ -194,14 +231,14 @@ def test(trainer, module, datamodule, eval_sets: dict, ckpt_path: str | None = N
     return metrics
 
 
-def _optuna_trial(plan, run_dir: Path) -> list[Callback]:
+def _optuna_trial(plan: Plan, run_dir: Path) -> list[Callback]:
     """A trial of an Optuna search (``optuna_trial``, set by the sweeper) reports every epoch to its study."""
-    if not plan.get("optuna_trial"):
+    if not plan.config.get("optuna_trial"):
         return []
     from transferlab.pruning import OptunaPruning
 
-    describe = {"strategy": plan.strategy.name, "model": plan.model.name, "data": plan.data.name, "seed": plan.seed}
-    return [OptunaPruning(plan.optuna_trial, plan.objective, run_dir, describe)]
+    describe = {"strategy": plan.strategy.label, "model": plan.model.name, "data": plan.data.label, "seed": plan.seed}
+    return [OptunaPruning(plan.config.optuna_trial, plan.config.objective, run_dir, describe)]
 
 
 def pruned(error: BaseException) -> bool:
@@ -213,25 +250,29 @@ def pruned(error: BaseException) -> bool:
 
 def record_failure(cfg, error: BaseException) -> None:
     """A sweep job that failed leaves failed.json (never metrics.json), so reports list it as failed."""
+    from pytorch_lightning.utilities import rank_zero_only
+
     if rank_zero_only.rank == 0:
-        tracking.write_json(Path(cfg.paths.run_dir) / "failed.json", {
-            "error": f"{type(error).__name__}: {error}", "strategy": cfg.strategy.get("name"),
-            "model": cfg.model.get("name"), "data": cfg.data.get("name"), "seed": cfg.get("seed")})
+        from omegaconf import OmegaConf
+
+        def pick(key):
+            return OmegaConf.select(cfg, key, default=None)
+
+        runs.RunDir(cfg.paths.run_dir).write_failed(error, {
+            "strategy": pick("strategy.label"), "model": pick("model.name"), "data": pick("data.label"),
+            "seed": pick("seed")})
 
 
-def evaluate(plan, ckpt_path: str, run_dir: Path) -> dict:
-    """Test a checkpoint on ``plan.data`` (its own run's data unless overridden); writes metrics.json."""
-    module, datamodule, _, eval_sets = build(plan)
-    state = read_checkpoint(ckpt_path)["state_dict"]
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if [k for k in missing if not k.startswith("metrics.")] or unexpected:
-        raise ConfigError(f"checkpoint '{ckpt_path}' does not fit the model built from its config "
-                          f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
-    trainer = create_trainer(plan, run_dir)
-    trainer.loggers = loggers = tracking.create_loggers(plan.logger, run_dir)
-    with _finishing(loggers):
+def evaluate(plan: Plan, loaded) -> dict:
+    """Test the checkpoint ``loaded`` (``models.from_checkpoint``) on ``plan.data`` (its own run's data
+    unless overridden) and the plan's evaluation sets; writes metrics.json."""
+    prepare(plan, steps=False)
+    module, datamodule, eval_sets = build(plan, loaded)
+    module.load_state_dict(loaded.state_dict, strict=False)
+    trainer = create_trainer(plan, plan.run_dir)
+    with session(plan.run_dir, plan.loggers, None, trainer):
         metrics = test(trainer, module, datamodule, eval_sets)
-        metrics.update({"checkpoint": str(ckpt_path), "model": plan.model.name, "data": plan.data.name})
+        metrics.update({"checkpoint": str(loaded.path), "model": plan.model.name, "data": plan.data.label})
         if trainer.is_global_zero:
-            tracking.write_json(run_dir / "metrics.json", metrics)
+            runs.RunDir(plan.run_dir).write_metrics(metrics)
     return metrics

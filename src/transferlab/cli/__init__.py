@@ -5,7 +5,10 @@ import logging
 import sys
 from contextlib import contextmanager
 
+from transferlab import runs
 from transferlab.errors import TransferlabError
+
+runs.register_resolvers()  # ${tl.run_dir:...} in conf/hydra/default.yaml, read as soon as @hydra.main composes
 
 log = logging.getLogger("transferlab")
 

@@ -12,7 +12,7 @@ from transferlab.cli import user_errors
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="fuse")
 def task(cfg: DictConfig) -> None:
-    from transferlab.fusion import fuse  # torch comes once fuse has checked the config
+    from transferlab.fusion.act import fuse  # torch comes once fuse has checked the config
 
     console.setup()
     with user_errors():
@@ -20,7 +20,7 @@ def task(cfg: DictConfig) -> None:
     shown = [k for k in metrics if k.endswith("/acc") and not k.startswith("val/")]
     passes = metrics["forward_passes"]
     console.show(f"run directory: {cfg.paths.run_dir}\n{metrics['fusion']}: chosen {metrics['chosen']} on "
-                 f"{cfg.fusion.select_by}={metrics[cfg.fusion.select_by]:.4f}  " +
+                 f"{metrics['select_by']}={metrics[metrics['select_by']]:.4f}  " +
                  "  ".join(f"{k}={metrics[k]:.4f}" for k in shown) +
                  f"  ({passes} forward pass{'es' if passes > 1 else ''} per input)")
 

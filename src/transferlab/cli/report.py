@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = [f"--select-by={a.split('=', 1)[1]}" if a.startswith("select_by=") else a for a in argv]
     args = parser.parse_args(argv)
     with user_errors():
-        from transferlab.report import write_report  # after argparse, so --help needs no matplotlib
+        from transferlab.reports import write_report  # after argparse, so --help needs no matplotlib
 
         report = write_report(args.dirs, args.out, select_by=args.select_by)
     print(report.markdown)

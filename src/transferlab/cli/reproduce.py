@@ -7,7 +7,6 @@ otherwise. A run made by another code version (env.json's git commit) is refused
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -15,39 +14,36 @@ from pathlib import Path
 from transferlab.cli import user_errors
 from transferlab.errors import ConfigError
 from transferlab.metrics import COMPARED
+from transferlab.runs import ENV, METRICS, RunDir, resume_command
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"'{path}' is not readable JSON ({e}); the run directory is damaged") from None
-
-
-def _check_version(run_dir: Path, allow: bool) -> None:
+def _check_version(run: RunDir, allow: bool) -> None:
     from transferlab.tracking import git_state
 
-    env_file = run_dir / "env.json"
-    then = _read_json(env_file).get("git", {}) if env_file.is_file() else {}
+    then = run.read_json(ENV).get("git", {}) if run.has(ENV) else {}
     now = git_state(Path(__file__).resolve().parent)
     if then.get("commit") != now.get("commit") and not allow:
-        raise ConfigError(f"'{run_dir}' was made by code version {then.get('commit') or 'unknown'}, this is "
+        raise ConfigError(f"'{run.path}' was made by code version {then.get('commit') or 'unknown'}, this is "
                           f"{now.get('commit') or 'unknown'}; check out that commit, or pass "
                           f"--allow-version-change to compare anyway")
 
 
 def reproduce(run_dir: Path, out: Path | None, allow_version_change: bool, tolerance: float | None):
-    from transferlab import run
-    from transferlab.config import load_run_config
-    from transferlab.rundir import resume_command
+    from omegaconf import OmegaConf
 
-    cfg = load_run_config(run_dir)
-    metrics_file = run_dir / "metrics.json"
-    if not metrics_file.is_file():
+    from transferlab import run
+    from transferlab.plan import resolve
+
+    folder = RunDir(run_dir)
+    cfg = OmegaConf.create(folder.read_config())
+    if "strategy" not in cfg:
+        raise ConfigError(f"'{run_dir}' is not a training run (its config.yaml has no strategy); tl-reproduce "
+                          f"trains a tl-train run again")
+    if not folder.finished():
         raise ConfigError(f"'{run_dir}' has no metrics.json: it never finished, so there is nothing to compare "
                           f"(resume it with {resume_command(run_dir)})")
-    old = _read_json(metrics_file)
-    _check_version(run_dir, allow_version_change)
+    old = folder.read_json(METRICS)
+    _check_version(folder, allow_version_change)
     out = out or run_dir.parent / f"{run_dir.name}-reproduced-{time.strftime('%Y%m%d-%H%M%S')}"
     # Everything is computed again: no features from the shared cache either.
     # Not an Optuna trial again: the study has its result already.
@@ -56,10 +52,10 @@ def reproduce(run_dir: Path, out: Path | None, allow_version_change: bool, toler
     if cfg.model.get("checkpoint") and not Path(cfg.model.checkpoint).is_file() and cfg.source.get("overrides"):
         overrides["model.checkpoint"] = None  # the cached source run is gone: train it again
     if tolerance is None:  # CPU runs are deterministic here; GPU kernels may not be
-        env = _read_json(run_dir / "env.json") if (run_dir / "env.json").is_file() else {}
+        env = folder.read_json(ENV) if folder.has(ENV) else {}
         on_gpu = env.get("device", {}).get("cuda", True) and cfg.trainer.accelerator != "cpu"
         tolerance = 0.01 if on_gpu else 0.0
-    new = run.train(cfg, overrides=overrides)
+    new = run.train(resolve(cfg, overrides))
     return old, new, tolerance, out
 
 

@@ -40,7 +40,7 @@ def task(cfg: DictConfig) -> float | None:
                 console.show(console.choices(plan))
             from transferlab import run
 
-            metrics = run.train(cfg, overrides=quiet)
+            metrics = run.train(plan)
     except SystemExit as e:  # Lightning's SIGTERMException is one (Lightning is loaded only once a run started)
         lightning = sys.modules.get("pytorch_lightning.utilities.exceptions")
         if lightning is not None and isinstance(e, lightning.SIGTERMException):
