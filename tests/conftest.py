@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from transferlab.plan import resolve
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -54,6 +55,8 @@ def one_torch_thread():
 def compose(*overrides, run_dir: Path | None = None):
     from transferlab.config import compose_config, set_value
 
+    if "source=none" in overrides:  # FAST's quicker source run would otherwise bring the source run back
+        overrides = [o for o in overrides if o != FAST_SOURCE]
     cfg = compose_config(list(overrides))
     if run_dir is not None:
         set_value(cfg, "paths.run_dir", str(run_dir))
@@ -65,7 +68,7 @@ def train(run_dir: Path, *overrides, fast: bool = True) -> dict:
     from transferlab import run
 
     cfg = compose(*(FAST if fast else []), *overrides, run_dir=run_dir)
-    run.train(cfg)
+    run.train(resolve(cfg))
     return json.loads((run_dir / "metrics.json").read_text())
 
 

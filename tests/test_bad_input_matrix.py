@@ -57,7 +57,7 @@ CASES = {
     "validation_never_runs": Case("tl-train", ["trainer.check_val_every_n_epoch=5"],
                                   ["trainer.check_val_every_n_epoch=5", "never validate"]),
     # a choice the config alone shows wrong fails before the source run would train
-    "loss_weighting_unknown_with_source": Case("tl-train", ["source=digits", "multitask.loss_weighting=foo"],
+    "loss_weighting_unknown_with_source": Case("tl-train", ["source=digits", "multitask.loss_weighting.kind=foo"],
                                                ["unknown loss weighting 'foo'", "fixed, uncertainty"]),
     # --- run directories ---------------------------------------------------------------------------
     "run_dir_holds_a_finished_run": Case("tl-train", ["hydra.run.dir={f}/run"],
@@ -88,7 +88,7 @@ CASES = {
                         ["test split", "is empty"]),
     "corrupt_image": Case("tl-train", [*IMAGES, "data=image_folder", "data.root={f}/corrupt"],
                           ["{f}/corrupt/dog/3.png", "cannot read image"]),
-    "label_column_missing": Case("tl-train", ["data=synthetic", "tasks.main.label=texture"],
+    "label_column_missing": Case("tl-train", ["data=synthetic", "tasks.main.column=texture"],
                                  ["label column 'texture'", "shape, color, size"]),
     "label_column_missing_csv": Case("tl-train", [*IMAGES, "data=csv", "data.manifest={f}/no_test_rows.csv",
                                                   "data.label_columns=[colour]"], ["colour", "label, split"]),

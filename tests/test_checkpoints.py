@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from transferlab.plan import resolve
 import torch
 from conftest import FAST, compose
 from pytorch_lightning import Callback
@@ -42,7 +43,7 @@ class Watch(Callback):
 
 def test_last_checkpoint_is_every_epochs_and_shares_the_best_file_only_in_the_epoch_it_was_best(tmp_path):
     watch = Watch(tmp_path / "checkpoints")
-    run.train(compose(*FAST, *PLATEAU, run_dir=tmp_path), callbacks=[watch])
+    run.train(resolve(compose(*FAST, *PLATEAU, run_dir=tmp_path)), callbacks=[watch])
     assert watch.seen == [
         {"epoch": 0, "last": 0, "best": 0, "same_file": True},   # one write, linked
         {"epoch": 1, "last": 1, "best": 0, "same_file": False},  # written anew; best untouched
@@ -61,7 +62,7 @@ class FailToSave(Callback):
 
 def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint_whole(tmp_path):
     with pytest.raises(Exception, match="pickle"):
-        run.train(compose(*FAST, "source=none", run_dir=tmp_path), callbacks=[FailToSave()])
+        run.train(resolve(compose(*FAST, "source=none", run_dir=tmp_path)), callbacks=[FailToSave()])
     folder = tmp_path / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == ["best.ckpt", "last.ckpt"]  # no temporary file left
     assert _epoch(folder / "last.ckpt") == 0

@@ -93,10 +93,10 @@ CONFIG_ONLY = {  # command line -> (exit status, what the output says)
     "misspelt option": (["tl-train", "optimzer.lr=0.1"], 1, "Could not override 'optimzer.lr'"),
     "misspelt choice": (["tl-train", "strategy=lp-ft"], 1, "Could not find 'strategy/lp-ft'"),
     "misspelt kind": (["tl-train", "strategy.kind=lp-ft"], 2, "did you mean 'lp_ft'?"),
-    "misspelt setting": (["tl-train", "+strategy.freeze_stage=2"], 2, "strategy.freeze_stage are not valid"),
+    "misspelt setting": (["tl-train", "+strategy.freeze_stage=2"], 2, "strategy.freeze_stage is not a setting of strategy 'finetune'; its settings are: kind, label, bn"),
     "bad value": (["tl-train", "optimizer.lr=-1"], 2, "error: optimizer.lr=-1 is not valid: it must be a positive"),
     "eval without checkpoint": (["tl-eval"], 2, "error: ckpt_path is required"),
-    "fuse with a bad alpha": (["tl-fuse", "method=wise_ft", "runs=[a,b]", "fusion.alphas=[2]"], 2, "every α must be"),
+    "fuse with a bad alpha": (["tl-fuse", "method=wise_ft", "runs=[a,b]", "fusion.alphas=[2]"], 2, "fusion.alphas=[2] is not valid: it must be a non-empty list of numbers in [0, 1]"),
     "report help": (["tl-report", "--help"], 0, "usage: tl-report"),
     "reproduce help": (["tl-reproduce", "--help"], 0, "usage: tl-reproduce"),
 }

@@ -47,7 +47,7 @@ def test_every_corruption_changes_the_image_and_keeps_size_and_mode(digits, name
     assert set(CORRUPTIONS.names()) >= {"gaussian_noise", "contrast", "invert", "blur", "pixelate"}
     clean = digits.load(3)
     for severity in range(1, 6):
-        out = CORRUPTIONS.get(name)(clean, severity, np.random.default_rng(0))
+        out = CORRUPTIONS.entry(name).cls(clean, severity, np.random.default_rng(0))
         assert out.mode == "RGB" and out.size == clean.size
         assert distance(out, clean) > 0, f"{name} severity {severity} left the image unchanged"
 
@@ -55,7 +55,7 @@ def test_every_corruption_changes_the_image_and_keeps_size_and_mode(digits, name
 @pytest.mark.parametrize("name", CORRUPTIONS.names())
 def test_higher_severity_moves_further_from_clean(digits, name):
     images = [digits.load(i) for i in range(20)]
-    dist = [np.mean([distance(CORRUPTIONS.get(name)(im, s, np.random.default_rng(i)), im)
+    dist = [np.mean([distance(CORRUPTIONS.entry(name).cls(im, s, np.random.default_rng(i)), im)
                      for i, im in enumerate(images)]) for s in range(1, 6)]
     steps = np.diff(dist)
     if name == "pixelate":  # an 8 px image has few block sizes: severities 4 and 5 may coincide
@@ -66,8 +66,8 @@ def test_higher_severity_moves_further_from_clean(digits, name):
 
 def test_create_splits_corrupts_every_split_from_the_composed_config():
     clean = create_splits(data_cfg())
-    shifted = create_splits(data_cfg("data.corruption.name=contrast", "data.corruption.severity=5"))
-    again = create_splits(data_cfg("data.corruption.name=contrast", "data.corruption.severity=5"))
+    shifted = create_splits(data_cfg("data.corruption.kind=contrast", "data.corruption.severity=5"))
+    again = create_splits(data_cfg("data.corruption.kind=contrast", "data.corruption.severity=5"))
     for split in ("train", "val", "test"):
         assert np.array_equal(shifted[split].indices, clean[split].indices)  # same items and labels
         assert np.array_equal(shifted[split].labels("label"), clean[split].labels("label"))
@@ -80,7 +80,7 @@ def test_create_splits_corrupts_every_split_from_the_composed_config():
 
 def test_corruption_survives_class_subsets_and_few_shot():
     splits = create_splits(data_cfg("data.classes=[5,6,7,8,9]", "data.train_per_class=5",
-                                    "data.corruption.name=invert"))
+                                    "data.corruption.kind=invert"))
     assert len(splits["train"]) == 25 and all(s.corruption == ("invert", 3, 0) for s in splits.values())
 
 
@@ -89,28 +89,28 @@ def test_a_saved_config_without_severity_and_seed_uses_the_defaults():
 
     cfg = data_cfg()
     OmegaConf.set_struct(cfg, False)
-    cfg.corruption = {"name": "blur"}  # e.g. an eval set's overrides on an older run's data
+    cfg.corruption = {"kind": "blur"}  # e.g. an eval set's overrides naming only the corruption
     OmegaConf.set_struct(cfg, True)
     assert create_splits(cfg)["test"].corruption == ("blur", 3, 0)
 
 
 def test_unknown_corruption_is_a_config_error_naming_the_value_and_the_valid_names():
     with pytest.raises(ConfigError) as e:
-        create_splits(data_cfg("data.corruption.name=gausian_noise"))
+        create_splits(data_cfg("data.corruption.kind=gausian_noise"))
     message = str(e.value)
-    assert "data.corruption.name=gausian_noise" in message
+    assert "data.corruption.kind=gausian_noise" in message
     assert all(name in message for name in CORRUPTIONS.names())
 
 
 @pytest.mark.parametrize("severity", ["0", "6", "2.5", "strong"])
 def test_severity_outside_1_to_5_is_a_config_error(severity):
-    with pytest.raises(ConfigError, match=rf"data\.corruption\.severity={severity} .*1 \(mild\) to 5 \(strong\)"):
-        create_splits(data_cfg("data.corruption.name=blur", f"data.corruption.severity={severity}"))
+    with pytest.raises(ConfigError, match=rf"data\.corruption\.severity='?{severity}'? .*1 \(mild\) to 5 \(strong\)"):
+        create_splits(data_cfg("data.corruption.kind=blur", f"data.corruption.severity={severity}"))
 
 
 def test_negative_seed_is_a_config_error():
     with pytest.raises(ConfigError, match=r"data\.corruption\.seed=-1"):
-        create_splits(data_cfg("data.corruption.name=blur", "data.corruption.seed=-1"))
+        create_splits(data_cfg("data.corruption.kind=blur", "data.corruption.seed=-1"))
 
 
 def test_fingerprint_and_feature_key_separate_clean_from_corrupted(digits):

@@ -5,6 +5,7 @@ import csv
 
 import numpy as np
 import pytest
+from transferlab.plan import resolve
 from conftest import cli, compose, train
 from PIL import Image
 
@@ -95,10 +96,10 @@ def test_csv_manifest_with_two_label_columns_and_a_split_column(tmp_path):
 def test_wrong_class_count_and_missing_label_column_are_clear_errors():
     cfg = compose("tasks.main.num_classes=3", run_dir="unused")
     with pytest.raises(DataError, match="num_classes=3 but its data has 5 classes"):
-        run.build(cfg)
-    cfg = compose("data=synthetic", "tasks.main.label=texture", run_dir="unused")
+        run.build(resolve(cfg))
+    cfg = compose("data=synthetic", "tasks.main.column=texture", run_dir="unused")
     with pytest.raises((DataError, ConfigError), match="label column 'texture'.*shape, color, size"):
-        run.build(cfg)
+        run.build(resolve(cfg))
 
 
 def test_corrupt_image_is_named_and_the_run_exits_nonzero_without_metrics(tmp_path):

@@ -23,7 +23,7 @@ from torch.utils.data import DistributedSampler
 from transferlab import plan as planning
 from transferlab import run
 from transferlab.data import batch_size, create_splits
-from transferlab.errors import DataError
+from transferlab.errors import ConfigError, DataError
 
 T = ["source=none", "logger=csv", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
 FIFTHS = ["data.val_fraction=0.2", "data.test_fraction=0.2"]  # 5 images per class: 3 train, 1 val, 1 test
@@ -97,7 +97,7 @@ def test_cached_features_and_cycling_tasks_never_train_on_one_image(tmp_path):
     images that cycles while the 25 of the main task make the epoch, batches of 4 each."""
     datamodule = build(tmp_path, "data.batch_size=4", "strategy=linear_probe", "data.augment.enabled=false",
                        "paths.feature_cache=null",
-                       "+tasks.few={label: label, num_classes: 5, data: {train_per_class: 1}}",
+                       "+tasks.few={column: label, num_classes: 5, data: {train_per_class: 1}}",
                        ).datamodule
     seen = {"data": 0, "data:few": 0}
     for batch, _, _ in datamodule.train_dataloader():
@@ -111,7 +111,6 @@ def test_cached_features_and_cycling_tasks_never_train_on_one_image(tmp_path):
 def test_a_batch_size_of_one_is_refused_only_where_batchnorm_would_train_on_it(tmp_path):
     """No merging helps batches of one: refused up front, naming the value and the ways on, where a
     BatchNorm layer trains; a frozen backbone (or frozen BatchNorm) takes them."""
-    from transferlab.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"data.batch_size=1 hands the BatchNorm layers .* strategy.bn=frozen"):
         build(tmp_path / "finetune", "data.batch_size=1")
@@ -131,7 +130,7 @@ def test_ddp_trains_with_a_lone_last_image_per_rank_and_refuses_one_image_per_ra
     tiny = [*ddp, "data.classes=[5,6]", "data.train_per_class=1", f"hydra.run.dir={tmp_path / 'tiny'}"]
     ((rc, output),) = launch([(tiny, clean_env(MASTER_PORT=str(free_port())))], tmp_path)
     assert rc != 0
-    assert "error: the train split of data 'digits5-9_1shot' holds 2 image(s) for 2 device(s)" in output
+    assert "error: the train split of data 'digits5-9_1shot' holds 2 item(s) for 2 device(s)" in output
     assert not (tmp_path / "tiny" / "metrics.json").exists()
 
 
@@ -142,8 +141,8 @@ def test_duplicate_classes_are_refused_before_anything_trains(tmp_path):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "error: data.classes=[5, 6, 6]" in result.stderr and "distinct" in result.stderr
     assert not list(tmp_path.rglob("metrics.json"))
-    # where no plan checks first (a task's own data, an evaluation set): the data layer names the class
-    with pytest.raises(DataError, match=r"data.classes=\[5, 6, 6\] lists '6' more than once"):
+    # data built from its config alone (a task's own data, an evaluation set) is checked by the same settings
+    with pytest.raises(ConfigError, match=r"data.classes=\[5, 6, 6\] is not valid: .*distinct"):
         create_splits(data_cfg("data=digits", "data.classes=[5,6,6]"))
 
 

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import pytest
+from transferlab.plan import resolve
 import yaml
 from conftest import BIN, compose
 
@@ -288,11 +289,12 @@ def test_the_lp_ft_comparison_is_not_vacuous(single):
     """The backbone really trained in epoch 1 (it moved far more than WEIGHT_ATOL from its
     initialisation), so the comparisons above check gradients that start flowing mid-run."""
     import pytorch_lightning as pl
+    from transferlab.plan import resolve
     from transferlab.run import build
 
     cfg = compose(*overrides("trainer=cpu", batch_size=TRAIN_IMAGES), run_dir=single)
     pl.seed_everything(cfg.seed, workers=True)
-    initial = build(cfg)[0].state_dict()
+    initial = build(resolve(cfg))[0].state_dict()
     trained = checkpoint(single)["state_dict"]
     moved = max((trained[k] - v).abs().max().item() for k, v in initial.items()
                 if k.startswith("model.backbone.") and v.is_floating_point())
@@ -350,7 +352,6 @@ def test_the_rank_that_takes_the_source_lock_leaves_a_usable_source(tmp_path, mo
     from pytorch_lightning.utilities import rank_zero_only
 
     from transferlab import run
-    from transferlab.source import prepare_source
 
     source = ("source.overrides=['data=digits','data.classes=[0,1,2,3,4]','source=none','strategy=finetune',"
               "'logger=csv','trainer.max_epochs=1','trainer.enable_progress_bar=false']")
@@ -360,7 +361,9 @@ def test_the_rank_that_takes_the_source_lock_leaves_a_usable_source(tmp_path, mo
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        path = prepare_source(cfg, run.train)
+        plan = resolve(cfg)
+        run.prepare(plan)
+        path = plan.source_run.checkpoint
     finally:
         torch.set_num_threads(threads)
     assert path and Path(path).is_file()
@@ -450,7 +453,7 @@ def test_fsdp_on_cpu_is_a_clear_error_before_training(extra, tmp_path, keep_rank
 
     cfg = compose("trainer=fsdp", *extra, *overrides(), run_dir=tmp_path)
     with pytest.raises(ConfigError) as error:
-        run.train(cfg)
+        run.train(resolve(cfg))
     message = str(error.value).lower()
     assert "fsdp" in message and ("gpu" in message or "cuda" in message), message
     assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "checkpoints").exists()

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from transferlab.plan import resolve
 from conftest import FAST, compose, train
 from pytorch_lightning import Callback
 
@@ -25,7 +26,7 @@ def test_features_are_not_cached_when_the_backbone_trains_or_augmentation_runs(t
                                 (["strategy=linear_probe", "strategy.cache_features=true"], True),
                                 (["strategy=lp_ft", "strategy.lp_epochs=1", "data.augment.enabled=false", "strategy.cache_features=true"], False),
                                 (["strategy=partial", "strategy.freeze_stages=5", "data.augment.enabled=false"], True)):
-        module, datamodule, *_ = run.build(compose(*FAST, "source=none", *overrides, run_dir=tmp_path))
+        module, datamodule, *_ = run.build(resolve(compose(*FAST, "source=none", *overrides, run_dir=tmp_path)))
         assert (datamodule.features_from is not None) is expected
 
 
@@ -51,7 +52,7 @@ class BackboneCalls(Callback):
 def _probe(run_dir, feature_cache, *overrides, callbacks=()):
     from transferlab import run
 
-    run.train(compose(*FAST, *PROBE, f"paths.feature_cache={feature_cache}", *overrides, run_dir=run_dir),
+    run.train(resolve(compose(*FAST, *PROBE, f"paths.feature_cache={feature_cache}", *overrides, run_dir=run_dir)),
               callbacks=list(callbacks))
     return json.loads((run_dir / "metrics.json").read_text())
 
@@ -94,7 +95,7 @@ def test_feature_key_changes_with_the_weights_the_transform_and_the_images(tmp_p
     def key_of(*overrides, split="train", tweak=None):
         cfg = compose(*FAST, "source=none", *PROBE, *overrides, run_dir=tmp_path)
         torch.manual_seed(cfg.seed)  # random initial weights, as tl-train seeds them
-        _, datamodule, *_ = run.build(cfg)
+        _, datamodule, *_ = run.build(resolve(cfg))
         backbone = datamodule.features_from
         if tweak:
             with torch.no_grad():

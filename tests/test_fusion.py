@@ -18,7 +18,7 @@ from conftest import ONE_THREAD, cli, train
 from transferlab.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-NOISY = "+eval_sets.noisy.corruption.name=gaussian_noise"
+NOISY = "+eval_sets.noisy.corruption.kind=gaussian_noise"
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def fuse_cfg(out_dir, method: str, **values):
 
 
 def fuse(out_dir, method: str, **values) -> dict:
-    from transferlab.fusion import fuse as run_fuse
+    from transferlab.fusion.act import fuse as run_fuse
 
     return run_fuse(fuse_cfg(out_dir, method, **values))
 
@@ -110,7 +110,7 @@ def test_greedy_soup_is_never_worse_on_validation_than_its_best_ingredient(runs,
     sweep = tmp_path / "sweep"
     for name in ("ft1", "ft2", "probe"):
         shutil.copytree(runs[name]["dir"], sweep / name)
-    metrics = fuse(tmp_path / "soup", "greedy_soup", sweep=str(sweep), where={"strategy.name": "finetune"})
+    metrics = fuse(tmp_path / "soup", "greedy_soup", sweep=str(sweep), where={"strategy.label": "finetune"})
     rows = candidates(tmp_path / "soup")
     alone = [r for r in rows if not r["candidate"].startswith("step")]
     assert len(alone) == 2 and metrics["ingredients"] == 2  # the probe was filtered out by `where`
@@ -121,7 +121,7 @@ def test_greedy_soup_is_never_worse_on_validation_than_its_best_ingredient(runs,
 
 
 def test_uniform_soup_is_the_mean_of_the_weights(runs, tmp_path):
-    from transferlab.checkpoints import read_checkpoint
+    from transferlab.models.checkpoint import read_checkpoint
     from transferlab.fusion.base import read_ingredient
 
     fuse(tmp_path / "uniform", "uniform_soup", runs=[str(runs["ft1"]["dir"]), str(runs["ft2"]["dir"])])
@@ -169,7 +169,7 @@ def test_bad_input_is_refused_naming_it_and_leaves_no_finished_fusion(runs, tmp_
         gone = tmp_path / "gone"
         shutil.copytree(ft, gone)
         shutil.rmtree(gone / "checkpoints")
-        values, expected = {"runs": [probe, str(gone)]}, "has no finished checkpoint"
+        values, expected = {"runs": [probe, str(gone)]}, "reported its test metrics with best.ckpt, and .* is gone"
     elif case == "alpha":
         values, expected = {"runs": [probe, ft], "fusion.alphas": [0.0, 1.5]}, "1.5"
     elif case == "empty_sweep":
@@ -223,7 +223,7 @@ def test_a_clean_evaluation_set_equal_to_the_test_data_scores_like_the_test_spli
 
 
 def test_report_lists_fused_models_beside_strategies(runs, wise, tmp_path):
-    from transferlab.report import write_report
+    from transferlab.reports import write_report
 
     root = tmp_path / "all"
     for name in ("probe", "ft1"):

@@ -10,15 +10,17 @@ from conftest import train
 from omegaconf import OmegaConf
 
 from transferlab.errors import CheckpointError, ConfigError
-from transferlab.checkpoints import read_checkpoint
-from transferlab.models import create_model
+from transferlab.models.checkpoint import read_checkpoint
+from transferlab.models import FAMILIES, create_model
 from transferlab.models.timm import create_backbone
 from transferlab.tasks import Task
 
 
 def model_cfg(**kw):
-    return OmegaConf.create({"family": "timm", "name": "test_resnet", "pretrained": False, "checkpoint": None, "drop_rate": 0.0,
-                             "drop_path_rate": None, "kwargs": {}, "head": {"hidden": 0, "dropout": 0.0}, **kw})
+    """The typed settings of a ``model`` node, as the plan holds them."""
+    return FAMILIES.parse(OmegaConf.create({"kind": "timm", "name": "test_resnet", "pretrained": False, "checkpoint": None,
+                                            "drop_rate": 0.0, "drop_path_rate": 0.0, "kwargs": {},
+                                            "head": {"hidden": 0, "dropout": 0.0}, **kw}), "model")
 
 
 def test_unknown_model_name_suggests_close_names():

@@ -14,6 +14,7 @@ import math
 import re
 
 import pytest
+from transferlab.plan import resolve
 import torch
 import torch.nn.functional as F
 from conftest import cli, compose, train
@@ -23,7 +24,7 @@ from wandb_reader import metric, read_run
 from transferlab import run
 from transferlab.cli import user_errors
 from transferlab.errors import ConfigError
-from transferlab.checkpoints import read_checkpoint
+from transferlab.models.checkpoint import read_checkpoint
 
 SYNTHETIC = ["experiment=synthetic_multilabel", "data.num_samples=300", "trainer.max_epochs=2",
              "trainer.enable_progress_bar=false"]
@@ -83,10 +84,10 @@ class MustNotTrain(Callback):
 def test_heads_are_separate_and_the_backbone_gets_gradients_from_every_task(tmp_path):
     """One batch through the real module: each task's loss reaches the same backbone tensors and only
     its own head; the training step's loss is the weighted sum of the task losses (fixed 1.0 / 0.5)."""
-    cfg = compose(*SYNTHETIC, "logger=csv", "multitask.loss_weighting=fixed", "tasks.color.weight=0.5",
+    cfg = compose(*SYNTHETIC, "logger=csv", "multitask.loss_weighting.kind=fixed", "tasks.color.weight=0.5",
                   run_dir=tmp_path)
     torch.manual_seed(0)
-    module, datamodule, *_ = run.build(cfg)
+    module, datamodule, *_ = run.build(resolve(cfg))
     model = module.model
     assert set(model.heads) == {"shape", "color"}
     assert model.heads["shape"][-1].out_features == 4 and model.heads["color"][-1].out_features == 3
@@ -98,7 +99,7 @@ def test_heads_are_separate_and_the_backbone_gets_gradients_from_every_task(tmp_
 
     x, labels = next(iter(datamodule.train_dataloader().iterables["data"]))
     module.train()
-    label_of = {t.name: t.label for t in module.tasks}
+    label_of = {t.name: t.column for t in module.tasks}
 
     def grads(loss_fn):
         module.zero_grad(set_to_none=True)
@@ -151,9 +152,9 @@ def test_checkpoint_holds_one_backbone_and_a_head_per_task(synthetic_run):
 @pytest.mark.parametrize("weighting", ["fixed", "uncertainty"])
 def test_zero_weight_head_is_never_updated_while_the_shared_backbone_trains(tmp_path, weighting):
     initial = InitialState()
-    cfg = compose(*SYNTHETIC, "logger=csv", f"multitask.loss_weighting={weighting}", "tasks.color.weight=0",
+    cfg = compose(*SYNTHETIC, "logger=csv", f"multitask.loss_weighting.kind={weighting}", "tasks.color.weight=0",
                   run_dir=tmp_path)
-    run.train(cfg, callbacks=[initial])
+    run.train(resolve(cfg), callbacks=[initial])
     before = initial.state
     for ckpt in ("last.ckpt", "best.ckpt"):
         after = read_checkpoint(tmp_path / "checkpoints" / ckpt)["state_dict"]
@@ -176,9 +177,9 @@ def test_last_checkpoint_holds_the_last_epoch_when_the_monitored_task_stops_impr
     """The monitored task has weight 0 under a linear probe: its val/acc cannot change after epoch 0, while
     the other head trains every epoch. last.ckpt must still be the state training ended with."""
     final = FinalState()
-    cfg = compose(*SYNTHETIC, "logger=csv", "strategy=linear_probe", "multitask.loss_weighting=fixed",
+    cfg = compose(*SYNTHETIC, "logger=csv", "strategy=linear_probe", "multitask.loss_weighting.kind=fixed",
                   "tasks.color.weight=0", "multitask.monitor=color", run_dir=tmp_path)
-    run.train(cfg, callbacks=[final])
+    run.train(resolve(cfg), callbacks=[final])
     last = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert last["global_step"] == final.global_step
     assert all(torch.equal(last["state_dict"][k], v) for k, v in final.state.items() if k.startswith("model."))
@@ -268,14 +269,15 @@ def test_tl_eval_evaluates_every_task_of_a_multitask_checkpoint(digits_run, tmp_
 
 
 def test_tl_eval_path_evaluates_every_task_in_process(synthetic_run, tmp_path):
-    from transferlab.cli.eval import checkpoint_plan
+    from transferlab.api import evaluation_plan
     from transferlab.config import compose_config, set_value
+    from transferlab.models import from_checkpoint
 
     best = synthetic_run["dir"] / "checkpoints" / "best.ckpt"
     eval_cfg = compose_config([f"ckpt_path={best}"], config_name="eval")  # tl-eval's own config: data=null
     set_value(eval_cfg, "paths.run_dir", str(tmp_path))
-    cfg = checkpoint_plan(str(best), eval_cfg)
-    evaluated = run.evaluate(cfg, str(best), tmp_path)
+    loaded = from_checkpoint(best)
+    evaluated = run.evaluate(evaluation_plan(eval_cfg, loaded), loaded)
     for task in synthetic_run["tasks"]:
         for m in METRICS:
             key = f"test/{task}/{m}"
@@ -286,7 +288,7 @@ def test_tl_eval_path_evaluates_every_task_in_process(synthetic_run, tmp_path):
 def test_multitask_checkpoint_backbone_is_loaded_by_a_single_task_run(digits_run, tmp_path, data, classes):
     best = digits_run["dir"] / "checkpoints" / "best.ckpt"
     cfg = compose(f"data={data}", "source=none", "logger=csv", f"model.checkpoint={best}", run_dir=tmp_path)
-    module, *_ = run.build(cfg)
+    module, *_ = run.build(resolve(cfg))
     source_backbone = state_of(best, "model.backbone.")
     own = module.model.backbone.state_dict()
     assert own.keys() == source_backbone.keys()
@@ -314,9 +316,9 @@ def test_multitask_checkpoint_is_the_source_of_a_single_task_transfer(digits_run
 
 
 @pytest.mark.parametrize("base, overrides, message", [
-    pytest.param(SYNTHETIC, ["tasks.color.label=texture"],
+    pytest.param(SYNTHETIC, ["tasks.color.column=texture"],
                  r"task 'color' reads label column 'texture'.*shape, color, size", id="unknown-label-column"),
-    pytest.param(DIGITS, ["tasks.main.label=texture"], r"label column 'texture'",
+    pytest.param(DIGITS, ["tasks.main.column=texture"], r"label column 'texture'",
                  id="unknown-label-column-with-class-subset"),
     pytest.param(SYNTHETIC, ["tasks.color.weight=-1"], r"task 'color' has weight -1", id="negative-weight"),
     pytest.param(DIGITS, ["multitask.source_weight=-0.5"], r"task 'source' has weight -0.5",
@@ -333,7 +335,7 @@ def test_bad_multitask_input_fails_before_training_with_a_clear_error(tmp_path, 
     cfg = compose(*base, "logger=csv", *overrides, run_dir=tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         with user_errors():
-            run.train(cfg, callbacks=[MustNotTrain()])
+            run.train(resolve(cfg), callbacks=[MustNotTrain()])
     assert exit_info.value.code not in (0, None)
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
@@ -345,18 +347,18 @@ def test_bad_multitask_input_fails_before_training_with_a_clear_error(tmp_path, 
 def test_non_finite_weight_is_a_clear_error(tmp_path, weight):
     cfg = compose(*SYNTHETIC, "logger=csv", f"tasks.color.weight={weight}", run_dir=tmp_path)
     with pytest.raises(ConfigError, match=rf"task 'color' has weight {weight}"):
-        run.train(cfg, callbacks=[MustNotTrain()])
+        run.train(resolve(cfg), callbacks=[MustNotTrain()])
 
 
 def test_a_declared_task_named_like_the_joint_source_task_is_a_clear_error(tmp_path):
-    cfg = compose(*DIGITS, "logger=csv", "+tasks.source.label=label", "+tasks.source.weight=2", run_dir=tmp_path)
+    cfg = compose(*DIGITS, "logger=csv", "+tasks.source.column=label", "+tasks.source.weight=2", run_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"'source'"):
-        run.train(cfg, callbacks=[MustNotTrain()])
+        run.train(resolve(cfg), callbacks=[MustNotTrain()])
 
 
 @pytest.mark.slow
 def test_tl_train_exits_nonzero_for_a_missing_label_column(tmp_path):
-    result = cli("tl-train", *SYNTHETIC, "logger=csv", "tasks.color.label=texture", cwd=tmp_path, timeout=300)
+    result = cli("tl-train", *SYNTHETIC, "logger=csv", "tasks.color.column=texture", cwd=tmp_path, timeout=300)
     assert result.returncode != 0
     assert "task 'color' reads label column 'texture'" in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr

@@ -5,7 +5,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from transferlab.models import TransferModel, create_head
+from transferlab.models.network import TransferModel, create_head
 from transferlab.models.timm import TimmFamily, create_backbone
 from transferlab.optim import create_optimizer, create_scheduler
 
@@ -13,19 +13,19 @@ from transferlab.optim import create_optimizer, create_scheduler
 def tiny_model(name="test_vit"):
     backbone = create_backbone(name)
     return TransferModel(backbone, torch.nn.ModuleDict({"main": create_head(backbone.num_features, 3)}),
-                         TimmFamily(OmegaConf.create({"name": name})))
+                         TimmFamily(name=name, pretrained=False))
 
 
 def opt_cfg(**kw):
-    return OmegaConf.create({"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "head_lr_mult": 1.0,
+    return OmegaConf.create({"kind": "adamw", "lr": 1e-3, "weight_decay": 0.05, "head_lr_mult": 1.0,
                              "layer_decay": None, **kw})
 
 
 @pytest.mark.parametrize("scheduler", [
-    {"name": "cosine", "warmup_epochs": 1, "min_lr_ratio": 0.0},
-    {"name": "step", "warmup_epochs": 0, "step_epochs": 1, "gamma": 0.5},
-    {"name": "onecycle", "pct_start": 0.3},
-    {"name": "constant", "warmup_epochs": 0},
+    {"kind": "cosine", "warmup_epochs": 1, "min_lr_ratio": 0.0},
+    {"kind": "step", "warmup_epochs": 0, "step_epochs": 1, "gamma": 0.5},
+    {"kind": "onecycle", "pct_start": 0.3},
+    {"kind": "constant", "warmup_epochs": 0},
 ])
 def test_layer_decay_scales_every_layer_after_the_scheduler_steps(scheduler):
     model = tiny_model("test_vit")
@@ -59,7 +59,7 @@ def test_no_weight_decay_on_biases_norms_and_position_embeddings():
 
 def test_every_parameter_is_in_exactly_one_group_from_the_start():
     model = tiny_model("test_resnet")
-    opt = create_optimizer(model, opt_cfg(name="sgd", momentum=0.9))
+    opt = create_optimizer(model, opt_cfg(kind="sgd", momentum=0.9))
     grouped = [id(p) for g in opt.param_groups for p in g["params"]]
     assert sorted(grouped) == sorted(id(p) for p in model.parameters())
     stages = {g["name"].split(".")[1] for g in opt.param_groups if g["name"].startswith("backbone")}
@@ -78,6 +78,6 @@ def test_unknown_optimizer_and_bad_lr_are_clear_errors():
 
     model = tiny_model("test_resnet")
     with pytest.raises(ConfigError, match="unknown optimizer 'lion'.*sgd, adam, adamw"):
-        create_optimizer(model, opt_cfg(name="lion"))
+        create_optimizer(model, opt_cfg(kind="lion"))
     with pytest.raises(ConfigError, match="optimizer.lr=-1"):
         create_optimizer(model, opt_cfg(lr=-1))

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from conftest import BIN, ONE_THREAD, cli
 
-from transferlab.checkpoints import read_checkpoint
+from transferlab.models.checkpoint import read_checkpoint
 from transferlab.metrics import COMPARED
-from transferlab.rundir import resume_command
+from transferlab.runs import resume_command
 
 pytestmark = pytest.mark.slow
 

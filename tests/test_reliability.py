@@ -1,7 +1,7 @@
 """Reliability: crashes while writing results, untrusted files, secrets, long sweeps, W&B unavailable.
 
 - A failure while ``metrics.json`` (or ``config.yaml``) is written never leaves a corrupt file where a
-  good one was, nor a temporary file beside it (``transferlab.tracking.write_json`` / ``write_yaml``).
+  good one was, nor a temporary file beside it (``transferlab.runs.write_json`` / ``write_yaml``).
 - Untrusted files: a checkpoint that runs code when unpickled is refused by ``tl-train
   model.checkpoint=`` and ``tl-eval ckpt_path=``; a run directory or checkpoint whose saved config
   names a ``_target_`` outside the allowlist is refused by ``tl-reproduce``, ``tl-train resume=`` and
@@ -33,7 +33,7 @@ import yaml
 from conftest import BIN, FAST, FAST_SOURCE, train
 from wandb_reader import find_wandb_file, metric, read_run
 
-from transferlab import tracking
+from transferlab import redact, runs
 
 TESTS = Path(__file__).resolve().parent
 # conftest.FAST without its source-run, logger and epoch settings (each test sets those): every run here
@@ -127,11 +127,11 @@ FAULTS = ["serialization_fails_midway", "disk_full_midway", "fsync_fails", "rena
 @pytest.mark.parametrize("fault", FAULTS)
 def test_a_failed_metrics_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, monkeypatch, fault):
     path = tmp_path / "metrics.json"
-    tracking.write_json(path, GOOD)
+    runs.write_json(path, GOOD)
     good_bytes = path.read_bytes()
     obj, expected = _fault(monkeypatch, fault)
     with pytest.raises(expected):
-        tracking.write_json(path, obj)
+        runs.write_json(path, obj)
     monkeypatch.undo()
     assert path.read_bytes() == good_bytes and json.loads(good_bytes) == GOOD
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
@@ -140,13 +140,13 @@ def test_a_failed_metrics_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_p
 @pytest.mark.parametrize("fault", ["serialization_fails_midway", "disk_full_midway", "rename_fails"])
 def test_a_failed_config_write_keeps_the_old_config_yaml(tmp_path, monkeypatch, fault):
     path = tmp_path / "config.yaml"
-    tracking.write_yaml(path, {"seed": 1, "model": {"name": "test_resnet"}})
+    runs.write_yaml(path, {"seed": 1, "model": {"name": "test_resnet"}})
     good_bytes = path.read_bytes()
     obj, expected = _fault(monkeypatch, fault)
     if fault == "serialization_fails_midway":  # yaml.safe_dump refuses objects it cannot represent
         obj, expected = {"seed": 2, "model": {"name": object()}}, yaml.YAMLError
     with pytest.raises(expected):
-        tracking.write_yaml(path, obj)
+        runs.write_yaml(path, obj)
     monkeypatch.undo()
     assert path.read_bytes() == good_bytes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
@@ -156,7 +156,7 @@ def test_the_temporary_file_is_renamed_within_the_same_folder(tmp_path, monkeypa
     """Atomic only when the rename stays on one file system: the temp file lives beside the target."""
     renames, real = [], os.replace
     monkeypatch.setattr(os, "replace", lambda src, dst: (renames.append((Path(src), Path(dst))), real(src, dst)))
-    tracking.write_json(tmp_path / "sub" / "metrics.json", GOOD)
+    runs.write_json(tmp_path / "sub" / "metrics.json", GOOD)
     ((src, dst),) = renames
     assert src.parent == dst.parent == tmp_path / "sub" and dst.name == "metrics.json" and src.name != dst.name
     assert json.loads(dst.read_text()) == GOOD
@@ -166,13 +166,13 @@ def test_a_process_killed_mid_write_leaves_the_old_metrics_json(tmp_path):
     """A hard crash (no exception handler runs) during the write: metrics.json is still the old, good
     file; what may be left is a hidden ``.metrics.json.*.tmp``, which no reader takes for metrics.json."""
     path = tmp_path / "metrics.json"
-    tracking.write_json(path, GOOD)
+    runs.write_json(path, GOOD)
     good_bytes = path.read_bytes()
     pid = os.fork()
     if pid == 0:  # child: die the way SIGKILL / an OOM kill does, after the data is written, before the rename
         try:
             os.fsync = lambda fd: os._exit(137)
-            tracking.write_json(path, {**GOOD, "test/acc": 0.1, "padding": "x" * 1_000_000})
+            runs.write_json(path, {**GOOD, "test/acc": 0.1, "padding": "x" * 1_000_000})
         finally:
             os._exit(1)
     _, status = os.waitpid(pid, 0)
@@ -180,7 +180,7 @@ def test_a_process_killed_mid_write_leaves_the_old_metrics_json(tmp_path):
     assert path.read_bytes() == good_bytes
     others = [p.name for p in tmp_path.iterdir() if p.name != "metrics.json"]
     assert all(re.fullmatch(r"\.metrics\.json\..+\.tmp", name) for name in others), others
-    tracking.write_json(path, {**GOOD, "test/acc": 0.2})  # the next write still works
+    runs.write_json(path, {**GOOD, "test/acc": 0.2})  # the next write still works
     assert json.loads(path.read_text())["test/acc"] == 0.2
 
 
@@ -262,10 +262,10 @@ def untrusted(finished_run, tmp_path_factory):
 
     # a helper inside transferlab that writes a file of the config's choosing, and an interpolation
     def write_file(marker):
-        return {"_target_": "transferlab.tracking.write_atomic", "path": str(marker), "text": "echo pwned\n"}
+        return {"_target_": "transferlab.runs.write_atomic", "path": str(marker), "text": "echo pwned\n"}
 
     hostile = {"write_file": lambda m: (lambda c: c.__setitem__("strategy", write_file(m))),
-               "interpolation": lambda m: (lambda c: c["data"].__setitem__("name", "${oc.env:HOME}"))}
+               "interpolation": lambda m: (lambda c: c["data"].__setitem__("label", "${oc.env:HOME}"))}
     for kind, edit in hostile.items():
         for command in ("reproduce", "resume"):
             name = f"{command}_{kind}"
@@ -349,7 +349,7 @@ def test_a_checkpoint_whose_saved_config_names_a_target_outside_the_allowlist_is
 @pytest.mark.parametrize("case", ["reproduce_write_file", "resume_write_file"])
 def test_a_saved_config_cannot_call_transferlab_helpers_either(untrusted, case):
     result, marker, run_dir, before = untrusted[case]
-    _refused(result, "strategy._target_='transferlab.tracking.write_atomic'", "not allowed", run_dir / "config.yaml")
+    _refused(result, "strategy._target_='transferlab.runs.write_atomic'", "not allowed", run_dir / "config.yaml")
     assert not marker.exists(), f"the saved config wrote a file during {case}"
     assert snapshot(run_dir) == before
 
@@ -357,7 +357,7 @@ def test_a_saved_config_cannot_call_transferlab_helpers_either(untrusted, case):
 @pytest.mark.parametrize("case", ["reproduce_interpolation", "resume_interpolation"])
 def test_a_saved_config_with_an_interpolation_is_refused_naming_the_key(untrusted, case):
     result, _, run_dir, before = untrusted[case]
-    _refused(result, "data.name='${oc.env:HOME}'", "interpolation", run_dir / "config.yaml")
+    _refused(result, "data.label='${oc.env:HOME}'", "interpolation", run_dir / "config.yaml")
     assert snapshot(run_dir) == before
 
 
@@ -405,7 +405,7 @@ def leaks(run_dir: Path, values: dict, skip=lambda p: False) -> dict:
 
 def test_the_secret_reached_the_run_config_and_was_redacted(secret_run):
     run_dir, _, _ = secret_run
-    assert yaml.safe_load((run_dir / "config.yaml").read_text())["notes"] == tracking.REDACTED
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["notes"] == redact.REDACTED
     assert (run_dir / "metrics.json").is_file() and find_wandb_file(run_dir).is_file()
 
 
@@ -426,7 +426,7 @@ def test_an_override_secret_is_redacted_in_hydras_record_and_env_json(secret_run
     run_dir, _, _ = secret_run
     assert "+db.password=<redacted>" in yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
     assert "+db.password=<redacted>" in json.loads((run_dir / "env.json").read_text())["argv"]
-    assert yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())["db"]["password"] == tracking.REDACTED
+    assert yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())["db"]["password"] == redact.REDACTED
 
 
 def test_run_files_follow_the_umask(secret_run):

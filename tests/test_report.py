@@ -15,8 +15,8 @@ from conftest import cli, train
 from wandb_reader import read_run as read_wandb_run
 from transferlab.cli.report import main as report_main
 from transferlab.errors import ConfigError
-from transferlab.report import write_report
-from transferlab.report.callback import ReportCallback
+from transferlab.reports import write_report
+from transferlab.cli.callbacks import ReportCallback
 
 
 def fake_run(root: Path, name: str, *, strategy="finetune", seed=1, lr=0.003, extra=None, status="finished",
@@ -24,9 +24,9 @@ def fake_run(root: Path, name: str, *, strategy="finetune", seed=1, lr=0.003, ex
     """A run directory as run.train leaves it, with made-up but reproducible numbers."""
     d = root / name
     (d / "csv").mkdir(parents=True)
-    config = {"model": {"name": "tiny", "checkpoint": f"/cache/{name}/best.ckpt"}, "data": {"name": "digits"},
-              "strategy": {"_target_": f"transferlab.strategies.{strategy}", "name": strategy},
-              "optimizer": {"name": "adamw", "lr": lr}, "seed": seed, "experiment_name": f"digits_{strategy}",
+    config = {"config_version": 2, "model": {"name": "tiny", "kind": "timm", "checkpoint": f"/cache/{name}/best.ckpt"},
+              "data": {"kind": "digits", "label": "digits"}, "strategy": {"kind": strategy, "label": strategy},
+              "optimizer": {"kind": "adamw", "lr": lr}, "seed": seed, "experiment_name": f"digits_{strategy}",
               "paths": {"run_dir": str(d)}, "logger": {"csv": {}}}
     cfg = OmegaConf.create(config)
     for key, value in (extra or {}).items():
@@ -125,7 +125,7 @@ def test_a_failed_job_without_config_is_still_reported(tmp_path):
 
 
 def test_labels_show_only_what_differs(tmp_path):
-    fake_run(tmp_path, "a", extra={"optimizer.name": "sgd", "optimizer.momentum": 0.9})
+    fake_run(tmp_path, "a", extra={"optimizer.kind": "sgd", "optimizer.momentum": 0.9})
     fake_run(tmp_path, "b")
     fake_run(tmp_path, "c", extra={"model.name": "resnet18", "model.drop_rate": 0.1})
     fake_run(tmp_path, "d", extra={"model.name": "resnet18", "model.drop_rate": 0.2})

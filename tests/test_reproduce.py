@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from transferlab.plan import resolve
 import yaml
 from conftest import BIN, FAST, ONE_THREAD, cli, run_dirs, torch_threads, train
 
@@ -196,4 +197,4 @@ def test_resume_refuses_a_run_that_already_finished(resumed):
 
     assert (resumed["dir"] / "metrics.json").is_file()
     with pytest.raises(ConfigError, match="already finished"):
-        run.train(compose(f"resume={resumed['dir']}", run_dir=resumed["dir"]))
+        run.train(resolve(compose(f"resume={resumed['dir']}", run_dir=resumed["dir"])))

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, ONE_THREAD, compose, train
+from conftest import BIN, ONE_THREAD, cli, compose, train
 
-from transferlab import tracking
+from transferlab import runs
+from transferlab.plan import resolve
 
 RUN = ["source=none", "logger=csv", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
 
@@ -47,7 +48,7 @@ def test_a_run_never_writes_into_a_folder_holding_another_run(tmp_path, one_torc
     metrics = train(tmp_path / "run", *RUN, fast=False)
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
     with pytest.raises(ConfigError, match="already holds a finished run"):
-        run.train(compose(*RUN, "seed=7", run_dir=tmp_path / "run"))
+        run.train(resolve(compose(*RUN, "seed=7", run_dir=tmp_path / "run")))
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")} == before
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["seed"] == metrics["seed"]
 
@@ -66,7 +67,7 @@ def test_a_damaged_cached_source_run_is_trained_again(tmp_path, one_torch_thread
 
 
 def test_metrics_are_strict_json_without_nan_or_infinity(tmp_path):
-    tracking.write_json(tmp_path / "m.json", {"val/acc_best": float("-inf"), "x": [float("nan"), 1.5]})
+    runs.write_json(tmp_path / "m.json", {"val/acc_best": float("-inf"), "x": [float("nan"), 1.5]})
 
     def refuse(constant):
         raise ValueError(f"{constant} is not JSON")
@@ -79,5 +80,34 @@ def test_compile_on_a_cpu_warns(tmp_path, caplog):
     from transferlab import run
 
     with caplog.at_level("WARNING", logger="transferlab.run"):
-        run.build(compose(*RUN, "model.compile=true", "trainer.accelerator=cpu", run_dir=tmp_path))
+        run.build(resolve(compose(*RUN, "model.compile=true", "trainer.accelerator=cpu", run_dir=tmp_path)))
     assert any("model.compile=true on a CPU" in r.getMessage() for r in caplog.records)
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every file under ``root`` with its size and modification time: what a command changed."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+@pytest.mark.slow
+def test_no_sweep_of_any_command_writes_into_a_folder_holding_a_finished_sweep(tmp_path):
+    """tl-eval -m, tl-train -m and an Optuna search pointed at a finished sweep's folder are refused
+    before anything is written: its runs' metrics.json, .hydra/ records and report stay as they were.
+    Subprocesses: Hydra's sweep launcher is what is tested."""
+    sweep = tmp_path / "sweep"
+    done = cli("tl-train", "-m", *RUN, "seed=1", f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr[-3000:]
+    best = sweep / "0" / "checkpoints" / "best.ckpt"
+    before = snapshot(sweep)
+    assert "0/metrics.json" in before
+    attempts = {
+        "tl-eval -m": ("tl-eval", "-m", f"ckpt_path={best},{best}", f"hydra.sweep.dir={sweep}"),
+        "tl-train -m": ("tl-train", "-m", *RUN, "seed=2,3", f"hydra.sweep.dir={sweep}"),
+        "optuna": ("tl-train", "hparams_search=optuna", *RUN, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={sweep}"),
+    }
+    for name, (command, *args) in attempts.items():
+        result = cli(command, *args, cwd=tmp_path, env=ONE_THREAD)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (name, result.stderr[-3000:])
+        assert f"error: '{sweep}' already holds 1 run(s) of another sweep (0)" in result.stderr, name
+        assert snapshot(sweep) == before, name
+

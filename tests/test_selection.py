@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from transferlab.plan import resolve
 from conftest import cli, train
 from pytorch_lightning import Callback
 from test_report import fake_run, read_csv
 
 from transferlab.errors import ConfigError
-from transferlab.report import write_report
+from transferlab.reports import write_report
 
 
 def tuned_run(root, name, *, strategy, lr, seed, val, test, model="tiny"):
@@ -92,9 +93,9 @@ def test_each_group_records_the_rate_it_trained_at_on_the_first_and_the_last_ste
     from transferlab import run
 
     seen = OptimizerRates()
-    run.train(compose("trainer.max_epochs=3", "trainer.enable_progress_bar=false", "logger=csv", "source=none",
+    run.train(resolve(compose("trainer.max_epochs=3", "trainer.enable_progress_bar=false", "logger=csv", "source=none",
                       "data.train_per_class=10", "strategy=lp_ft", "strategy.lp_epochs=1", "optimizer.layer_decay=0.7",
-                      run_dir=tmp_path), callbacks=[seen])
+                      run_dir=tmp_path)), callbacks=[seen])
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     first, last = seen.steps[0], seen.steps[-1]
     assert len(seen.steps) == 6 and first.keys() == last.keys()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+from transferlab.plan import resolve
 import torch
 from conftest import train
 
@@ -9,7 +10,7 @@ from conftest import train
 @pytest.mark.parametrize("switch", ["model.channels_last=true", "model.grad_checkpointing=true",
                                     "trainer.accumulate_grad_batches=2"])
 def test_speed_switches_train_and_keep_checkpoint_keys(tmp_path, switch):
-    from transferlab.checkpoints import read_checkpoint
+    from transferlab.models.checkpoint import read_checkpoint
 
     metrics = train(tmp_path, "source=none", "trainer.max_epochs=2", switch)
     assert 0 <= metrics["test/acc"] <= 1
@@ -27,7 +28,7 @@ def test_channels_last_gives_the_same_loss_as_contiguous(tmp_path):
     losses = []
     for flag in ("false", "true"):
         torch.manual_seed(0)
-        module, datamodule, *_ = run.build(compose("source=none", f"model.channels_last={flag}", run_dir=tmp_path))
+        module, datamodule, *_ = run.build(resolve(compose("source=none", f"model.channels_last={flag}", run_dir=tmp_path)))
         batch = next(iter(datamodule.val_dataloader()[0]))
         module.eval()
         losses.append(module._task_losses("data", *batch)[0]["main"].item())
@@ -58,7 +59,7 @@ def test_the_progress_bar_reads_the_loss_once_per_logging_interval_not_every_ste
 
     from transferlab import run
 
-    run.train(compose(*FAST, "source=none", "trainer.enable_progress_bar=true", "trainer.log_every_n_steps=5",
-                      "data.batch_size=5", "trainer.max_epochs=1", run_dir=tmp_path), callbacks=[steps])
+    run.train(resolve(compose(*FAST, "source=none", "trainer.enable_progress_bar=true", "trainer.log_every_n_steps=5",
+                      "data.batch_size=5", "trainer.max_epochs=1", run_dir=tmp_path)), callbacks=[steps])
     assert len(steps.reads_before) == 10
     assert steps.reads_before[-1] == 1  # of steps 1-9, only step 5 read the metrics

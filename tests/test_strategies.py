@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import pytest
+from transferlab.plan import resolve
 import torch
 from conftest import train
 from omegaconf import OmegaConf
 from pytorch_lightning import Callback
 
-from transferlab.checkpoints import read_checkpoint
+from transferlab.models.checkpoint import read_checkpoint
 
 
 class StageWatcher(Callback):
@@ -53,7 +54,7 @@ def test_partial_freezes_exactly_the_first_stages(tmp_path):
     from transferlab import run
     from conftest import FAST, compose
 
-    run.train(compose(*FAST, "strategy=partial", "strategy.freeze_stages=2", run_dir=tmp_path), callbacks=[watcher])
+    run.train(resolve(compose(*FAST, "strategy=partial", "strategy.freeze_stages=2", run_dir=tmp_path)), callbacks=[watcher])
     assert watcher.changed == [{2, 3, 4}] * 3
     source, after = backbone_state(source_checkpoint(tmp_path)), backbone_state(tmp_path / "checkpoints" / "last.ckpt")
     frozen_prefixes = ("conv1.", "bn1.", "layer1.")  # stem and first residual stage of a timm ResNet
@@ -66,7 +67,7 @@ def test_gradual_unfreezes_one_stage_from_the_top_per_milestone(tmp_path):
     from conftest import FAST, compose
 
     watcher = StageWatcher()
-    run.train(compose(*FAST, "strategy=gradual", "strategy.milestones=[1,2]", run_dir=tmp_path), callbacks=[watcher])
+    run.train(resolve(compose(*FAST, "strategy=gradual", "strategy.milestones=[1,2]", run_dir=tmp_path)), callbacks=[watcher])
     assert watcher.changed == [set(), {4}, {3, 4}]
 
 
@@ -75,7 +76,7 @@ def test_lp_ft_switches_from_probing_to_finetuning_at_lp_epochs(tmp_path):
     from conftest import FAST, compose
 
     watcher = StageWatcher()
-    run.train(compose(*FAST, "strategy=lp_ft", "strategy.lp_epochs=2", run_dir=tmp_path), callbacks=[watcher])
+    run.train(resolve(compose(*FAST, "strategy=lp_ft", "strategy.lp_epochs=2", run_dir=tmp_path)), callbacks=[watcher])
     assert watcher.changed == [set(), set(), {0, 1, 2, 3, 4}]
 
 

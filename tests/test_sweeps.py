@@ -19,6 +19,8 @@ import yaml
 from conftest import BIN, FAST, ONE_THREAD, REPO, cli, compose
 from wandb_reader import metric, read_run
 
+from transferlab.plan import resolve
+
 # Subprocess jobs train with one intra-op thread: on 2 busy cores, 2 threads make these tiny runs
 # 10x slower (measured 0.6 s vs 8 s of fit time) and change no number a test compares.
 EPOCHS = 3  # trainer.max_epochs in conftest.FAST
@@ -91,7 +93,7 @@ def test_grid_runs_every_combination_as_its_own_job(grid):
         config = yaml.safe_load((job_dir / "config.yaml").read_text())
         metrics = json.loads((job_dir / "metrics.json").read_text())
         assert config["optimizer"]["lr"] == float(settings["optimizer.lr"])
-        assert config["strategy"]["name"] == metrics["strategy"] == settings["strategy"]
+        assert config["strategy"]["label"] == metrics["strategy"] == settings["strategy"]
         assert config["paths"]["run_dir"] == str(job_dir)
         assert metrics["epochs"] == EPOCHS and 0 <= metrics["test/acc"] <= 1
         assert (metrics["trainable_params"] < metrics["total_params"]) == (settings["strategy"] == "linear_probe")
@@ -232,9 +234,9 @@ def trial_dirs(root: Path) -> dict[int, list[Path]]:
 
 def epochs_trained(run_dir: Path) -> int:
     """Validation epochs in the run's CSV log (counted, not timed)."""
-    from transferlab.report.collect import read_history
+    from transferlab.runs import read_history
 
-    return len(read_history(run_dir))
+    return len(read_history(run_dir, "val/acc"))
 
 
 def test_optuna_config_composes_and_maximises_the_objective():
@@ -243,10 +245,15 @@ def test_optuna_config_composes_and_maximises_the_objective():
     assert sweeper._target_ == "hydra_plugins.transferlab_optuna.sweeper.OptunaSweeper"
     assert sweeper.direction == "maximize" and cfg.objective == "val/acc_best"
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"  # no -m needed
-    assert 1 <= sweeper.n_trials <= 20 and sweeper.storage is None and sweeper.pruner is None
+    assert 1 <= sweeper.n_trials <= 20 and sweeper.storage is None and sweeper.pruner.kind is None  # no pruning
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == 42
     assert set(sweeper.params) == {"optimizer.lr", "optimizer.weight_decay"}
-    assert set(sweeper.pruners) == {"median", "hyperband", "successive_halving"}
+    from transferlab.studies import PRUNERS
+
+    offered = {p.stem for p in (REPO / "conf" / "hydra" / "sweeper" / "pruner").glob("*.yaml")}
+    assert offered == set(PRUNERS.names()) == {"median", "hyperband", "successive_halving"}  # and none (no file)
+    for name in offered:  # each file's kind is its name and its arguments are the pruner's
+        assert hydra_compose("hparams_search=optuna", f"hydra/sweeper/pruner={name}").hydra.sweeper.pruner.kind == name
     assert sweeper.study_name == cfg.experiment_name
     assert commented_keys(OPTUNA_YAML) == []
 
@@ -336,17 +343,18 @@ def test_median_pruning_stops_bad_trials_and_spends_fewer_epochs(tmp_path):
     """The same 4 random trials with and without the median pruner: lr 1e-7 (useless), 0.001, 0.001, 1e-7
     (sampler seed 42). The last is worse than the median of the complete ones and stops early."""
     searches = {}
-    for pruner in ("null", "median"):
+    arguments = {"none": [], "median": ["hydra.sweeper.pruner.n_startup_trials=1",
+                                        "hydra.sweeper.pruner.n_warmup_steps=0"]}
+    for pruner in ("none", "median"):
         out = tmp_path / pruner
         out.mkdir()
         url = f"sqlite:///{out / 'study.db'}"
         result = optuna_search(out, *QUICK_TRIALS, "hydra.sweeper.n_trials=4", "optimizer.lr=choice(0.001,1e-7)",
-                               f"hydra.sweeper.pruner={pruner}", "hydra.sweeper.pruners.median.n_startup_trials=1",
-                               "hydra.sweeper.pruners.median.n_warmup_steps=0", f"hydra.sweeper.storage={url}",
+                               f"hydra/sweeper/pruner={pruner}", *arguments[pruner], f"hydra.sweeper.storage={url}",
                                "hydra.sweeper.study_name=lr")
         assert result.returncode == 0, result.stderr[-3000:]
         searches[pruner] = (out, by_state(study_trials(url, "lr")))
-    out, unpruned = searches["null"]
+    out, unpruned = searches["none"]
     assert set(unpruned) == {"COMPLETE"} and len(unpruned["COMPLETE"]) == 4
     full = sum(epochs_trained(d) for (d,) in trial_dirs(out).values())
     assert full == 4 * EPOCHS
@@ -561,7 +569,6 @@ def test_wandb_sweep_command_is_a_valid_override_list(monkeypatch, tmp_path):
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    from transferlab.plan import validate
 
     spec = sweep_spec()
     monkeypatch.setenv("WANDB_RUN_ID", "abc123")  # the agent sets it for each run
@@ -572,9 +579,9 @@ def test_wandb_sweep_command_is_a_valid_override_list(monkeypatch, tmp_path):
         parsed = OverridesParser.create().parse_overrides(overrides)
         assert not any(o.is_sweep_override() for o in parsed), overrides  # one run per agent command
         cfg = compose(*overrides, run_dir=tmp_path)
-        validate(cfg)
+        resolve(cfg)
         for key, value in values.items():
-            chosen = cfg.strategy.name if key == "strategy" else OmegaConf.select(cfg, key)
+            chosen = cfg.strategy.label if key == "strategy" else OmegaConf.select(cfg, key)
             assert chosen == pytest.approx(value) if isinstance(value, float) else chosen == value, (key, chosen)
         assert Path(hydra_compose(*overrides).hydra.run.dir).name == "abc123"  # one run directory per W&B run
         names.add(cfg.experiment_name)
@@ -594,6 +601,6 @@ def test_wandb_sweep_command_runs_tl_train(tmp_path):
     wb = read_run(run_dir)
     assert wb["run"]["id"] == run_id and wb["exited"]
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert wb["run"]["group"] == config["experiment_name"] and wb["run"]["job_type"] == config["strategy"]["name"]
+    assert wb["run"]["group"] == config["experiment_name"] and wb["run"]["job_type"] == config["strategy"]["label"]
     assert wb["summary"][spec["metric"]["name"]] == pytest.approx(
         json.loads((run_dir / "metrics.json").read_text())[spec["metric"]["name"]])

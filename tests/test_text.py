@@ -1,4 +1,4 @@
-"""Text transfer (model.family=hf): tiny config-built BERTs with tokenizers trained here, judged by
+"""Text transfer (model.kind=hf): tiny config-built BERTs with tokenizers trained here, judged by
 what their parameters, batches and metrics did in real runs."""
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import json
 import os
 
 import pytest
+from transferlab.plan import resolve
 import torch
-from conftest import cli, compose, train
+from conftest import cli, compose
 from pytorch_lightning import Callback
 from test_strategies import StageWatcher, backbone_state, source_checkpoint
 
@@ -19,14 +20,14 @@ CORPUS = "model.tokenizer.train_on=['data=synthetic_text','data.domain=source','
 MLM_SOURCE = ("source.overrides=['data=synthetic_text','data.domain=source','data.num_samples=400','task=mlm',"
               "'source=none','strategy=finetune','logger=csv','trainer.max_epochs=1','trainer.enable_progress_bar=false']")
 TEXT = ["model=tiny_bert", CORPUS, "data=synthetic_text", "data.num_samples=160", "data.batch_size=16",
-        "tasks.main.label=topic", "logger=csv", "trainer.enable_progress_bar=false", "trainer.max_epochs=2"]
+        "tasks.main.column=topic", "logger=csv", "trainer.enable_progress_bar=false", "trainer.max_epochs=2"]
 SOURCE = [*TEXT, MLM_SOURCE]
 
 
 def text_run(tmp_path, *overrides, callbacks=()):
     from transferlab import run
 
-    run.train(compose(*SOURCE, *overrides, run_dir=tmp_path), callbacks=list(callbacks))
+    run.train(resolve(compose(*SOURCE, *overrides, run_dir=tmp_path)), callbacks=list(callbacks))
     return json.loads((tmp_path / "metrics.json").read_text())
 
 
@@ -59,7 +60,7 @@ def test_num_stages_groups_encoder_layers_and_layer_decay_is_per_layer_after_the
 
     cfg = compose(*TEXT, "model.config.num_hidden_layers=4", "model.num_stages=3", "optimizer.layer_decay=0.5",
                   "optimizer.head_lr_mult=4.0")
-    model = create_model(cfg.model, [Task("main", 4)])
+    model = create_model(text_family(cfg), [Task("main", 4)])
     layer_of_block = {int(n.split(".")[2]): s for n, s in model.stage_of.items() if n.startswith("encoder.layer.")}
     assert layer_of_block == {0: 1, 1: 1, 2: 2, 3: 2} and model.stage_of["embeddings.word_embeddings.weight"] == 0
     assert model.num_layers == 5  # embeddings + 4 layers
@@ -92,13 +93,22 @@ def test_batches_are_padded_to_their_longest_item_not_max_length(tmp_path):
     assert len({w for w, _ in widths.seen}) > 1  # batches differ in width
 
 
+def text_family(cfg):
+    """The model family of ``cfg`` with its tokenizer trained (what run.prepare does first)."""
+    from transferlab.models import FAMILIES
+
+    family = FAMILIES.parse(cfg.model, "model")
+    for step in family.steps():
+        step.perform()
+    return family
+
+
 def _inputs(train: bool, *overrides):
-    from transferlab.data import create_splits
-    from transferlab.models.hf import HfFamily
+    from transferlab.data import KINDS, create_splits
 
     cfg = compose(*TEXT, "data.augment.enabled=true", *overrides)
-    family = HfFamily(cfg.model)
-    splits = create_splits(cfg.data, "topic")
+    family = text_family(cfg)
+    splits = create_splits(KINDS.parse(cfg.data), "topic")
     prep = family.preprocessing(family.create_backbone())
     return family.create_transform(prep, cfg.data, train).bind(splits["train"]), splits["train"]
 
@@ -124,7 +134,7 @@ def test_cached_text_features_equal_uncached(tmp_path):
     plain = text_run(tmp_path / "plain", "strategy=linear_probe", "strategy.cache_features=false")
     for key in ("test/acc", "test/loss", "val/acc_best"):
         assert cached[key] == pytest.approx(plain[key], abs=1e-4), key
-    from transferlab.checkpoints import read_checkpoint
+    from transferlab.models.checkpoint import read_checkpoint
 
     heads = [read_checkpoint(tmp_path / r / "checkpoints" / "last.ckpt")["state_dict"]["model.heads.main.1.weight"]
              for r in ("cached", "plain")]
@@ -138,8 +148,8 @@ def test_feature_cache_key_names_the_tokenizer_and_max_length():
 
 
 def test_multitask_text_two_label_columns_and_text_plus_mlm_source(tmp_path):
-    two = text_run(tmp_path / "two", "source=none", "tasks.main=null", "+tasks.topic.label=topic",
-                   "+tasks.sentiment.label=sentiment")
+    two = text_run(tmp_path / "two", "source=none", "tasks.main=null", "+tasks.topic.column=topic",
+                   "+tasks.sentiment.column=sentiment")
     assert {"test/topic/acc", "test/sentiment/acc"} <= set(two)
     joint = text_run(tmp_path / "joint", "strategy=multitask", "multitask.sampling=min_size")
     assert {"test/main/acc", "test/source/acc"} <= set(joint)
@@ -205,12 +215,12 @@ def test_another_tokenizer_under_the_same_path_means_another_cached_source(tmp_p
     from transferlab.data.synthetic_text import generate
     from transferlab.models.hf import SPECIAL
     from transferlab.models.wordpiece import train_wordpiece
-    from transferlab.source import source_config
 
     texts, path, folders = generate(200, "source", 0.5, 0)[0], tmp_path / "tokenizer.json", []
     for size in (200, 300, 300):
         train_wordpiece(texts, size, SPECIAL).save(str(path))
-        folders.append(source_config(compose(*SOURCE, f"model.tokenizer.path={path}", run_dir=tmp_path))[1])
+        plan = resolve(compose(*SOURCE, f"model.tokenizer.path={path}", run_dir=tmp_path))
+        folders.append(plan.source_run.folder)
     assert folders[0] != folders[1] and folders[1] == folders[2]
 
 
@@ -220,7 +230,7 @@ def _one_batch_gradients(tmp_path, *overrides) -> tuple[dict[str, torch.Tensor],
     from transferlab import run
 
     torch.manual_seed(0)
-    parts = run.build(compose(*TEXT, "source=none", *overrides, run_dir=tmp_path))
+    parts = run.build(resolve(compose(*TEXT, "source=none", *overrides, run_dir=tmp_path)))
     inputs, labels = next(iter(parts.datamodule.val_dataloader()[0]))
     module = parts.module.train()
     torch.manual_seed(1)
@@ -241,12 +251,10 @@ def test_gradient_checkpointing_recomputes_the_same_gradients(tmp_path):
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_pooled_features_ignore_padding(pooling):
     """A sentence's features do not depend on the longer sentences padded beside it in its batch."""
-    from transferlab.models.hf import HfFamily
-
     cfg = compose(*TEXT, f"model.pooling={pooling}")
-    family = HfFamily(cfg.model)
+    family = text_family(cfg)
     backbone = family.create_backbone().eval()
-    tokenizer = family.tokenizer()
+    tokenizer = family.load_tokenizer()
     short, long = "the ka ve report", "officials called the story great after the city met the people this week"
     alone = family.encode(backbone, dict(tokenizer([short], return_tensors="pt")))
     padded = family.encode(backbone, dict(tokenizer([short, long], padding=True, return_tensors="pt")))
@@ -260,7 +268,7 @@ def test_a_bf16_mixed_text_run_trains_in_bf16_and_keeps_float32_weights(tmp_path
     """Autocast reaches the encoder (its matmuls run in bf16) while the weights stay float32 to update."""
     import math
 
-    from transferlab.checkpoints import read_checkpoint
+    from transferlab.models.checkpoint import read_checkpoint
 
     class Dtypes(Callback):
         """The output dtype of an encoder projection in every training step."""

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 BASE = ["model=tiny_bert",
         "model.tokenizer.train_on=['data=synthetic_text','data.domain=source','data.num_samples=200']",
         "source=none", "logger=csv", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-        "data=text_files", "data.path={f}/good.csv", "data.text_column=review", "tasks.main.label=topic"]
+        "data=text_files", "data.path={f}/good.csv", "data.text_column=review", "tasks.main.column=topic"]
 
 CASES = {  # name -> (overrides after BASE (a data= one drops its data keys), words stderr must contain)
     "unknown_model_name": (["model=bert_base", "model.name=bert-bas-uncased", "model.tokenizer.train_on=null"],
@@ -28,12 +28,12 @@ CASES = {  # name -> (overrides after BASE (a data= one drops its data keys), wo
     "empty_text": (["data.path={f}/empty_text.jsonl"], ["{f}/empty_text.jsonl: line 2", "empty"]),
     "label_outside_classes": (["data.classes=[food,politics,science]"], ["{f}/good.csv: line", "sports",
                                                                           "data.classes"]),
-    "max_length_zero": (["data.max_length=0"], ["data.max_length=0", "1..128"]),
-    "max_length_above_model": (["data.max_length=512"], ["data.max_length=512", "1..128"]),
+    "max_length_zero": (["data.max_length=0"], ["data.max_length=0", "an integer >= 3"]),
+    "max_length_above_model": (["data.max_length=512"], ["data.max_length=512", "3..128"]),
     "tokenizer_vocab_mismatch": (["model.config.vocab_size=64", "model.tokenizer.vocab_size=1024"],
                                  ["tokens but the model's vocabulary has 64"]),
     "image_setting_for_text": (["+model.channels_last=true"], ["model.channels_last", "text models"]),
-    "image_data_for_text_model": (["data=digits", "tasks.main.label=label"],
+    "image_data_for_text_model": (["data=digits", "tasks.main.column=label"],
                                   ["data.kind=digits", "not a text dataset"]),
 }
 

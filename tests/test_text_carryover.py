@@ -18,7 +18,7 @@ from test_preemption import interrupt
 from test_text import TEXT
 from wandb_reader import metric, read_run
 
-from transferlab.checkpoints import read_checkpoint
+from transferlab.models.checkpoint import read_checkpoint
 from transferlab.metrics import COMPARED
 
 pytestmark = pytest.mark.slow  # each test starts tl-train (torch, transformers, Lightning) 1-3 times
@@ -103,7 +103,7 @@ def test_each_text_trial_is_a_wandb_run_named_like_an_image_run(search):
         assert run["name"] == "finetune-tiny_bert-synthetic_text-s42"
         assert run["project"] == "transferlab" and run["group"] == GROUP == wb["config"]["experiment_name"]
         assert run["job_type"] == "finetune" and TAGS <= set(run["tags"])
-        assert wb["config"]["model"]["name"] == "tiny_bert" and wb["config"]["data"]["name"] == "synthetic_text"
+        assert wb["config"]["model"]["name"] == "tiny_bert" and wb["config"]["data"]["label"] == "synthetic_text"
         assert wb["config"]["optimizer"]["lr"] == pytest.approx(t.params["optimizer.lr"], rel=1e-12)  # its own trial
         for key in ("test/acc", "test/f1", "val/acc_best"):
             assert wb["summary"][key] == pytest.approx(metrics[key], abs=1e-12), key

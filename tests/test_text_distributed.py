@@ -23,7 +23,7 @@ def overrides(*extra, batch_size):
             "'data.num_samples=300']", "++model.config.hidden_dropout_prob=0.0",
             "++model.config.attention_probs_dropout_prob=0.0", "data=synthetic_text", "data.num_samples=196",
             "data.train_per_class=8", f"data.batch_size={batch_size}", "data.augment.enabled=false",
-            "tasks.main.label=topic", "source=none", "strategy=lp_ft", "strategy.lp_epochs=1", "logger=csv",
+            "tasks.main.column=topic", "source=none", "strategy=lp_ft", "strategy.lp_epochs=1", "logger=csv",
             f"trainer.max_epochs={EPOCHS}", "trainer.enable_progress_bar=false", *extra]
 
 

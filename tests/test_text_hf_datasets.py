@@ -18,7 +18,7 @@ os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="hf-datasets-cache-")
 
 NAMES = ["sports", "food", "science", "politics"]  # ClassLabel order, deliberately not sorted
 RUN = ["model=tiny_bert", CORPUS, "source=none", "logger=csv", "trainer.enable_progress_bar=false",
-       "trainer.max_epochs=1", "data.batch_size=16", "data.max_length=32", "tasks.main.label=topic"]
+       "trainer.max_epochs=1", "data.batch_size=16", "data.max_length=32", "tasks.main.column=topic"]
 
 
 def reviews(n: int = 120):
@@ -46,7 +46,7 @@ def save_dataset_dict(path) -> None:
 def splits_of(*overrides):
     from transferlab.data import create_splits
 
-    return create_splits(compose("model=tiny_bert", "tasks.main.label=topic", *overrides).data, "topic")
+    return create_splits(compose("model=tiny_bert", "tasks.main.column=topic", *overrides).data, "topic")
 
 
 def test_a_save_to_disk_directory_keeps_its_splits_and_classlabel_names(tmp_path):

@@ -57,7 +57,8 @@ def test_tl_eval_on_data_with_another_class_count_is_a_clear_error(cli_run, tmp_
     cwd, run_dir, _ = cli_run
     result = cli("tl-eval", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "data=digits",
                  f"paths.output_dir={tmp_path}", cwd=cwd)
-    assert result.returncode != 0 and "num_classes=5 but its data has 10 classes" in result.stderr
+    assert result.returncode != 0 and "data has classes ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9']" in result.stderr
+    assert "was trained on ['5', '6', '7', '8', '9']" in result.stderr
     assert not list(tmp_path.rglob("metrics.json"))
 
 

@@ -89,7 +89,7 @@ def test_offline_run_file_is_readable(first):
 def test_config_is_fully_resolved(first):
     config = first["wandb"]["config"]
     assert config["model"]["name"] == "test_resnet"
-    assert config["strategy"]["name"] == "finetune"
+    assert config["strategy"]["label"] == "finetune"
     assert config["seed"] == 42
     assert config["trainer"]["max_epochs"] == EPOCHS
     assert config["experiment_name"] == "digits5-9_10shot_finetune"
@@ -125,7 +125,7 @@ def test_run_name_group_job_type_tags(first):
     assert run["name"] == "finetune-test_resnet-digits5-9_10shot-s42"
     assert run["project"] == "transferlab"
     assert run["group"] == config["experiment_name"]
-    assert run["job_type"] == config["strategy"]["name"] == "finetune"
+    assert run["job_type"] == config["strategy"]["label"] == "finetune"
     assert {"finetune", "test_resnet", "digits5-9_10shot"} <= set(run["tags"])
 
 
@@ -141,7 +141,7 @@ def test_each_run_is_its_own_wandb_run(runs):
     assert b["run"]["name"] == "linear_probe-test_resnet-digits5-9_10shot-s7"
     assert b["run"]["job_type"] == "linear_probe"
     assert b["run"]["group"] == b["config"]["experiment_name"] == "digits5-9_10shot_linear_probe"
-    assert b["config"]["seed"] == 7 and b["config"]["strategy"]["name"] == "linear_probe"
+    assert b["config"]["seed"] == 7 and b["config"]["strategy"]["label"] == "linear_probe"
     for w in (a, b):  # nothing of one run leaked into the other
         assert w["exited"]
         assert len(metric(w["history"], "val/acc")) == EPOCHS
