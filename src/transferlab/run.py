@@ -63,7 +63,7 @@ def build_tasks(plan: Plan) -> tuple[dict, list[Task]]:
 
 def build_model(plan: Plan, tasks: list[Task]):
     """The model of a plan: the family's backbone, a head per task, the source weights."""
-    model = create_model(plan.model, tasks)
+    model = create_model(plan.model, tasks, input_size=getattr(plan.data, "input_size", None))
     if plan.model.compile and (plan.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available()):
         log.warning("model.compile=true on a CPU: compiling takes longer than these runs gain from it (measured "
                     "30x slower for the default experiment); it pays off on GPUs")

@@ -8,13 +8,14 @@ FAMILIES = Registry("model", "model family", package="transferlab.models",
                     support=("base", "network", "checkpoint", "wordpiece"))
 
 
-def create_model(family, tasks, weights=None):
+def create_model(family, tasks, weights=None, input_size=None):
     """Backbone + heads for the family's settings and the run's (complete) tasks, then ``weights`` (the
-    family's ``checkpoint`` unless given; "" = none): the only place a model for training is assembled."""
+    family's ``checkpoint`` unless given; "" = none): the only place a model for training is assembled.
+    ``input_size``: the pixels of the data's images (None: the model's own size)."""
     from transferlab.models.checkpoint import load_source_weights
     from transferlab.models.network import build_network
 
-    model = build_network(family, tasks)
+    model = build_network(family, tasks, input_size)
     weights = family.checkpoint if weights is None else weights
     if weights:
         load_source_weights(model, weights, tasks)

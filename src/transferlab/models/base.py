@@ -48,8 +48,13 @@ class Family(Settings):
 
         return (nn.modules.batchnorm._BatchNorm,)
 
-    def create_backbone(self):
+    def create_backbone(self, input_size: int | None = None):
+        """The backbone, for images of ``input_size`` pixels where the family's inputs are images."""
         raise NotImplementedError
+
+    def feature_size(self, backbone) -> int:
+        """The width of ``encode``'s features: what the heads read."""
+        return backbone.num_features
 
     def groups(self, backbone, coarse: bool) -> dict[str, int] | None:
         """Parameter name -> ordinal stage (coarse) or layer (fine), input side first; None = no grouping."""

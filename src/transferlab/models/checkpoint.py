@@ -139,7 +139,7 @@ def from_checkpoint(path) -> Loaded:
     family = FAMILIES.parse(model_cfg, "model")
     family.restore(hparams.get("family") or {})
     tasks = [Task.from_record(t) for t in upgrade_tasks(hparams.get("tasks", []))]
-    model = build_network(family, tasks)
+    model = build_network(family, tasks, (config.get("data") or {}).get("input_size"))
     own = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     missing, unexpected = model.load_state_dict(own, strict=False)
     if missing or unexpected:

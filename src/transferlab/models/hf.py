@@ -67,7 +67,7 @@ class HfFamily(Family):
         return ()  # LayerNorm keeps no running statistics: nothing freezes with a stage but its weights
 
     # --- the backbone -------------------------------------------------------------------------
-    def create_backbone(self):
+    def create_backbone(self, input_size: int | None = None):
         from transformers import AutoConfig, AutoModel
 
         if self._record.get("config"):

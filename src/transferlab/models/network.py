@@ -56,9 +56,11 @@ def create_head(num_features: int, num_classes: int, hidden: int = 0, dropout: f
                          nn.Linear(hidden, num_classes))
 
 
-def build_network(family: Family, tasks) -> TransferModel:
-    """Backbone + heads for the family's settings and the run's (complete) tasks, with initial weights."""
-    backbone = family.create_backbone()
-    heads = nn.ModuleDict({t.name: create_head(backbone.num_features, t.num_classes, family.head.hidden,
-                                               family.head.dropout) for t in tasks})
+def build_network(family: Family, tasks, input_size: int | None = None) -> TransferModel:
+    """Backbone + heads for the family's settings and the run's (complete) tasks, with initial weights;
+    ``input_size``: the pixels of the images it will read (None: the model's own size)."""
+    backbone = family.create_backbone(input_size)
+    width = family.feature_size(backbone)
+    heads = nn.ModuleDict({t.name: create_head(width, t.num_classes, family.head.hidden, family.head.dropout)
+                           for t in tasks})
     return TransferModel(backbone, heads, family)
