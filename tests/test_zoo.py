@@ -143,3 +143,52 @@ def test_a_model_that_cannot_read_the_data_size_is_refused_naming_both_sizes(tmp
                                           r"data.input_size=224"):
         one_step(tmp_path, "efficientformer_l1")
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+# --- transformers encoders built from a config (model.config.model_type=...) ------------------------------
+
+TEXT = ["model=tiny_bert", "data=synthetic_text", "data.num_samples=40", "data.batch_size=4", "tasks.main.column=topic",
+        "model.tokenizer.train_on=['data=synthetic_text','data.domain=source','data.num_samples=400']",
+        "source=none", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "logger=csv"]
+
+
+def text_step(run_dir, *overrides):
+    """``one_step`` for a text model of tiny_bert's sizes and another model type."""
+    return one_step(run_dir, "tiny_bert", *TEXT, *overrides)
+
+
+@pytest.mark.slow
+def test_every_encoder_type_trains_a_partial_step_or_is_refused_by_name(tmp_path):
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES as ENCODERS
+
+    outcome, tracebacks = {}, {}
+    with torch_threads(1):
+        for i, model_type in enumerate(sorted(ENCODERS)):
+            try:
+                check_trained(*text_step(tmp_path / str(i), f"model.config.model_type={model_type}",
+                                         "strategy.freeze_stages=1"))
+                outcome[model_type] = "runs"
+            except TransferlabError as e:
+                assert model_type in str(e) or "tiny_bert" in str(e), f"{model_type}: not about the model: {e}"
+                assert not list((tmp_path / str(i)).rglob("*.ckpt")), f"{model_type}: refused after training"
+                outcome[model_type] = "refused"
+            except Exception as e:  # noqa: BLE001 - the point: collect every type's traceback
+                tracebacks[model_type] = f"{type(e).__name__}: {str(e)[:200]}"
+    print({k: sum(v == k for v in outcome.values()) for k in ("runs", "refused")}, "failing:", len(tracebacks))
+    assert not tracebacks, "\n".join(f"{m}: {t}" for m, t in tracebacks.items())
+    assert list(outcome.values()).count("runs") >= 0.75 * len(outcome)
+
+
+def test_albert_shares_its_layers_in_groups_and_still_freezes_by_stage(tmp_path):
+    # ALBERT's parameters live in encoder.albert_layer_groups.<g>: one group of shared layers
+    before, module = text_step(tmp_path, "model.config.model_type=albert", "+model.config.embedding_size=32",
+                               "strategy=partial", "strategy.freeze_stages=1")
+    assert module.model.num_stages == 2  # the embeddings, then the layer group
+    check_trained(before, module)
+
+
+def test_a_special_token_id_outside_the_vocabulary_is_refused_by_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"model.config.pad_token_id=5000 outside the vocabulary \(vocab_size=1024\)"):
+        text_step(tmp_path, "+model.config.pad_token_id=5000")
+    with pytest.raises(ConfigError, match=r"model.config \(model_type=funnel\) is not a valid transformers config"):
+        text_step(tmp_path / "b", "model.config.model_type=funnel")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -77,12 +78,7 @@ class HfFamily(Family):
             path = _local_dir(self.path, "model.path")
             backbone = _load(lambda: AutoModel.from_pretrained(str(path)), f"model.path={self.path}")
         elif self.config:
-            spec = dict(self.config)
-            model_type = spec.pop("model_type", "bert")
-            try:
-                backbone = AutoModel.from_config(AutoConfig.for_model(model_type, **spec))
-            except ValueError as e:
-                raise ConfigError(f"model.config is not a valid transformers config: {str(e).splitlines()[0]}") from None
+            backbone = self._from_config()
         elif self.pretrained:
             check_hub(self.name)
             backbone = _load(lambda: AutoModel.from_pretrained(self.name), f"model.name={self.name}", hub=self.name)
@@ -90,27 +86,71 @@ class HfFamily(Family):
             check_hub(self.name)
             config = _load(lambda: AutoConfig.from_pretrained(self.name), f"model.name={self.name}", hub=self.name)
             backbone = AutoModel.from_config(config)
+        if "input_ids" not in inspect.signature(backbone.forward).parameters:
+            raise ConfigError(f"model '{self.name}' ({backbone.config.model_type}) does not read token ids (its "
+                              f"forward takes {', '.join(list(inspect.signature(backbone.forward).parameters)[:4])} "
+                              f"…); text models here are encoders fed input_ids: bert, roberta, deberta, albert …")
         if getattr(backbone, "pooler", None) is not None:
-            backbone.pooler = None  # pooling is ours (model.pooling); an unused pooler would stall DDP
-        backbone.num_features = backbone.config.hidden_size
+            # pooling is ours (model.pooling); an unused pooler's weights would stall DDP. A module, not
+            # None: LayoutLM calls its pooler unconditionally
+            from transferlab.models.network import NoPooler
+
+            backbone.pooler = NoPooler()
+        text = backbone.config.get_text_config() if hasattr(backbone.config, "get_text_config") else backbone.config
+        backbone.num_features = text.hidden_size  # a multimodal model's text width (ModernVBERT), not its own
         if self.grad_checkpointing:
             if not backbone.supports_gradient_checkpointing:
                 raise ConfigError(f"model '{self.name}' does not support model.grad_checkpointing=true")
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return backbone
 
+    def _from_config(self):
+        """A random-init model of ``model.config``; special-token ids it leaves unset come from the
+        tokenizer (ESM has no pad id of its own), ids outside the vocabulary are refused by key."""
+        from transformers import AutoConfig, AutoModel
+
+        spec = dict(self.config)
+        model_type = spec.pop("model_type", "bert")
+        what = f"model.config (model_type={model_type})"
+        try:
+            config = AutoConfig.for_model(model_type, **spec)
+        except Exception as e:  # noqa: BLE001 - transformers' own validators raise their own classes
+            raise ConfigError(f"{what} is not a valid transformers config: {_first_line(e)}") from None
+        tokenizer = self.load_tokenizer()
+        for key in _SPECIAL_IDS:
+            own = getattr(tokenizer, key, None)
+            if getattr(config, key, None) is None and isinstance(own, int) and key not in spec:
+                setattr(config, key, own)
+        vocab = getattr(config, "vocab_size", None)
+        outside = {k: getattr(config, k) for k in _SPECIAL_IDS if isinstance(getattr(config, k, None), int)
+                   and vocab is not None and not 0 <= getattr(config, k) < vocab}
+        if outside:
+            shown = ", ".join(f"model.config.{k}={v}" for k, v in outside.items())
+            raise ConfigError(f"{what}: {shown} outside the vocabulary (vocab_size={vocab}); special-token ids are "
+                              f"rows of the embedding: set them below {vocab} (this tokenizer's: "
+                              f"{ {k: getattr(tokenizer, k, None) for k in outside} })")
+        try:
+            return AutoModel.from_config(config)
+        except Exception as e:  # noqa: BLE001 - the config is the user's; any failure to build is about it
+            raise ConfigError(f"{what} does not build a {model_type} model: {_first_line(e)}") from None
+
     def groups(self, backbone, coarse):
-        """Embeddings = 0, encoder layer i = i + 1, anything after the layers (final norms) = the last."""
+        """Embeddings = 0, encoder layer i = i + 1, anything after the layers (final norms) = the last.
+        Layers are found by name (``layer.3.``, ``blocks.3.`` …) or, where a model names them its own way
+        (ALBERT's shared groups, XLM's parallel lists), as the entries of its longest module lists."""
         names = [n for n, _ in backbone.named_parameters()]
-        layer = {n: int(m.group(1)) + 1 for n in names if (m := _LAYER.search(n))}
+        layer = {n: int(m.group(1)) + 1 for n in names if (m := _LAYER.search(n))} or _listed_layers(backbone)
         depth = max(layer.values(), default=0)
         fine = {n: layer.get(n, 0 if "embed" in n else depth) for n in names}
         if not coarse:
             return fine
+        if depth == 0 and not self.num_stages:
+            return None  # no layers to freeze by: strategies that need stages refuse it by name
         stages = self.num_stages or depth + 1
         if not 2 <= stages <= depth + 1:
-            raise ConfigError(f"model.num_stages={stages} does not fit a model with {depth} encoder layers: it must "
-                              f"be 2..{depth + 1} (the embeddings, then the layers in groups), or null (one per layer)")
+            raise ConfigError(f"model.num_stages={stages} does not fit model '{self.name}' with {depth} encoder "
+                              f"layers: it must be 2..{depth + 1} (the embeddings, then the layers in groups), or "
+                              f"null (one per layer)")
         # layers 1..depth split into stages-1 contiguous groups, the earlier groups no smaller
         return {n: 0 if i == 0 else 1 + (i - 1) * (stages - 1) // depth for n, i in fine.items()}
 
@@ -302,6 +342,34 @@ def _local_dir(path, key: str) -> Path:
         raise ConfigError(f"{key}={path} is not a save_pretrained() directory (it has no config.json); "
                           f"pass the folder written by model.save_pretrained(...)")
     return p
+
+
+_SPECIAL_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id", "mask_token_id")
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return next((line for line in lines if not line.startswith("Class validation error")), type(error).__name__)
+
+
+def _listed_layers(backbone) -> dict[str, int]:
+    """Parameter name -> layer (1-based) for the entries of the backbone's longest ``ModuleList``s
+    (outermost only: ALBERT's groups, not the layers inside a group)."""
+    from torch import nn
+
+    lists = {}
+    for name, module in backbone.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) and not any(name.startswith(o + ".") for o in lists):
+            lists[name] = len(module)
+    if not lists:
+        return {}
+    longest = max(lists.values())
+    layer = {}
+    for name, _ in backbone.named_parameters():
+        for prefix, length in lists.items():
+            if length == longest and name.startswith(prefix + "."):
+                layer[name] = int(name[len(prefix) + 1:].split(".")[0]) + 1
+    return layer
 
 
 def _load(fn, what: str, hub: str | None = None):

@@ -48,6 +48,14 @@ class TransferModel(nn.Module):
         return [m for m in self.backbone.modules() if isinstance(m, kinds)]
 
 
+class NoPooler(nn.Module):
+    """Stands in for a transformers model's pooler, without its weights (pooling is ours, ``model.pooling``,
+    and unused weights would stall DDP): the first token's state, for models that use the pooled output."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states[:, 0]
+
+
 def create_head(num_features: int, num_classes: int, hidden: int = 0, dropout: float = 0.0) -> nn.Module:
     """A linear head, or a one-hidden-layer MLP when ``hidden`` > 0."""
     if hidden <= 0:
