@@ -5,6 +5,8 @@ A secret is a value under a key named like one (``..._KEY``, ``api_key``, ``toke
 an environment variable, a config key, or a ``key=value`` override on the command line. Once seen,
 its value is redacted wherever it appears (config.yaml, .hydra/, env.json's argv, W&B's config and
 metadata), because a value copied elsewhere (Hydra's ``override_dirname``) is still the secret.
+The password of a URL (``postgresql://user:password@host/db``, an Optuna storage) is a secret too: it
+is shown and written masked (``postgresql://user:***@host/db``, ``mask_url``).
 """
 from __future__ import annotations
 
@@ -19,10 +21,18 @@ REDACTED = "<redacted>"
 # `+db.password=X`, `hydra.job.override_dirname`'s `a=1,+db.password=X`: the value up to a comma or space
 _OVERRIDE = re.compile(rf"((?:^|(?<=[,\s]))[+~]{{0,2}}(?:[\w./@-]*(?:[_.\-]|api))?{_WORD}=)([^,\s]*)", re.IGNORECASE)
 _SEEN: set[str] = set()  # secret values met in configs and overrides of this process
+MASK = "***"  # a URL's password as shown: postgresql://user:***@host/db
+# scheme://user:password@ (the password: anything up to the last @ before the host, no space or slash)
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^:/@\s'\"]*:)([^/\s'\"]*)(@)", re.IGNORECASE)
 
 
 def _secret_values() -> set[str]:
     return {v for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 4} | _SEEN
+
+
+def mask_url(text: str) -> str:
+    """``text`` with the password of every URL in it masked: ``postgresql://user:***@host/db``."""
+    return _URL_PASSWORD.sub(lambda m: m.group(1) + MASK + m.group(3), str(text))
 
 
 def remember(obj) -> None:
@@ -42,18 +52,21 @@ def remember(obj) -> None:
             value = m.group(2).strip("'\"")
             if len(value) >= 4:
                 _SEEN.add(value)
+        for m in _URL_PASSWORD.finditer(obj):
+            if len(m.group(2)) >= 4 and m.group(2) != MASK:
+                _SEEN.add(m.group(2))
 
 
 def scrub(obj, secrets: set[str] | None = None):
     """A copy with secret-named keys, secret ``key=value`` overrides and every known secret value
-    replaced by a marker."""
+    replaced by a marker, and every URL's password masked."""
     secrets = _secret_values() if secrets is None else secrets
     if isinstance(obj, dict):
         return {k: REDACTED if SECRET_NAME.search(str(k)) else scrub(v, secrets) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [scrub(v, secrets) for v in obj]
     if isinstance(obj, str):
-        obj = _OVERRIDE.sub(lambda m: m.group(1) + REDACTED, obj)
+        obj = mask_url(_OVERRIDE.sub(lambda m: m.group(1) + REDACTED, obj))
         for s in secrets:
             obj = obj.replace(s, REDACTED)
     return obj

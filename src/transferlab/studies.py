@@ -1,16 +1,19 @@
 """Optuna studies as transferlab keeps them, shared by the sweeper (hydra_plugins/transferlab_optuna)
 and by each trial's run (pruning.py), which may be another process on another machine: both open the
-study from its storage URL, so nothing is handed over in memory.
+study from its storage URL, so nothing is handed over in memory. A URL's password is never written:
+a trial's config names the storage masked, and the real URL reaches the trial through ``STORAGE_ENV``.
 """
 from __future__ import annotations
 
 import fcntl
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 
+from transferlab import redact
 from transferlab.errors import ConfigError
 from transferlab.registry import Registry
 from transferlab.settings import NON_NEGATIVE_INT, POSITIVE_INT, Settings, setting
@@ -67,6 +70,44 @@ class SuccessiveHalving(Pruner):
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=self.min_resource,
                                                       reduction_factor=self.reduction_factor)
 ERROR = "error"  # trial user attr: the job ran and failed. A FAIL without it was lost (its sweeper died).
+OBJECTIVE = "objective"  # study user attr: the metrics.json key every trial returns (one study, one metric)
+# The storage URL with its password, for the trials of this sweeper's process and the processes it starts
+# (SLURM jobs, DDP ranks): a trial's config holds the URL masked (redact.mask_url), never the password.
+STORAGE_ENV = "TRANSFERLAB_OPTUNA_STORAGE"
+
+
+class MissingObjective(ConfigError):
+    """A trial's run finished without the ``objective`` key in its metrics: the search must stop, since
+    every other trial would train in vain (raised by tl-train in an Optuna trial, read by the sweeper)."""
+
+
+def missing_objective(objective: str, metrics: dict) -> MissingObjective:
+    keys = ", ".join(sorted(k for k in metrics if isinstance(metrics[k], (int, float)) and not k.startswith("lr/")))
+    return MissingObjective(f"objective={objective} is not in this run's metrics.json, which reports {keys}; "
+                            f"give objective=one of its val/ keys (e.g. objective=val/acc_best)")
+
+
+def shown(url: str) -> str:
+    """A storage URL as it may be printed or written: its password masked."""
+    return redact.mask_url(url)
+
+
+def pass_storage(url: str) -> None:
+    """Hand the real storage URL to this process's trials (and the processes they start) without writing it."""
+    if shown(url) != url:
+        redact.remember(url)
+        os.environ[STORAGE_ENV] = url
+
+
+def real_url(url: str) -> str:
+    """The URL a trial opens: its config holds ``url`` masked; the sweeper passed the real one (``STORAGE_ENV``)."""
+    if f":{redact.MASK}@" not in url:
+        return url
+    passed = os.environ.get(STORAGE_ENV, "")
+    if passed and shown(passed) == url:
+        return passed
+    raise ConfigError(f"optuna_trial.storage={url} has its password masked, and {STORAGE_ENV} does not hold that "
+                      f"storage's URL; only the Optuna sweeper sets optuna_trial (and {STORAGE_ENV})")
 
 
 def absolute(url: str) -> str:
@@ -90,8 +131,9 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
             return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
                                               grace_period=grace_period)
     except Exception as e:  # noqa: BLE001 - SQLAlchemy's URL, driver and connection errors
-        raise ConfigError(f"hydra.sweeper.storage={url} cannot be opened ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0]}); give a database URL such as sqlite:///study.db") from None
+        reason = redact.scrub(str(e).splitlines()[0] if str(e) else "")
+        raise ConfigError(f"hydra.sweeper.storage={shown(url)} cannot be opened ({type(e).__name__}: "
+                          f"{reason}); give a database URL such as sqlite:///study.db") from None
 
 
 @contextmanager
@@ -118,13 +160,13 @@ def create_pruner(spec: dict | None) -> optuna.pruners.BasePruner:
 
 def load_trial(spec) -> optuna.Trial:
     """The live trial ``optuna_trial={storage, study, number}`` names, with its study's pruner."""
-    storage = open_storage(spec["storage"])
+    storage = open_storage(real_url(spec["storage"]))
     try:
         study_id = storage.get_study_id_from_name(spec["study"])
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, int(spec["number"]))
     except KeyError:
         raise ConfigError(f"optuna_trial names trial {spec['number']} of study '{spec['study']}' in "
-                          f"{spec['storage']}, which has no such trial; only the Optuna sweeper sets "
+                          f"{shown(spec['storage'])}, which has no such trial; only the Optuna sweeper sets "
                           f"optuna_trial") from None
     pruner = create_pruner(storage.get_study_user_attrs(study_id).get(PRUNER))
     study = optuna.load_study(study_name=spec["study"], storage=storage, pruner=pruner,

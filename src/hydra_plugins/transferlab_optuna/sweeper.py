@@ -107,6 +107,48 @@ def _grid(space: dict) -> dict:
     return grid
 
 
+def _grid_sampler(partial: functools.partial, space: dict):
+    """The grid sampler over ``space``, which never calls ``Study.stop`` (that works only inside
+    ``Study.optimize``; this sweeper itself stops once the grid is used up)."""
+    from optuna.samplers import GridSampler
+
+    class Grid(GridSampler):
+        def after_trial(self, study, trial, state, values) -> None:
+            pass
+
+    kind = Grid if partial.func is GridSampler else partial.func
+    return kind(*partial.args, search_space=_grid(space), **partial.keywords)
+
+
+def _grid_left(sampler, study) -> int | None:
+    """Points of the grid that no trial has taken yet (finished or running); ``None``: not a grid search."""
+    import optuna
+
+    if not isinstance(sampler, optuna.samplers.GridSampler):
+        return None
+    size = len(sampler._all_grids)
+    taken = {t.system_attrs["grid_id"] for t in study.get_trials(deepcopy=False)
+             if "grid_id" in t.system_attrs and t.state != optuna.trial.TrialState.WAITING}
+    return max(size - len(taken), 0)
+
+
+def _clashes(study, space: dict) -> str | None:
+    """Why the study cannot take ``space``: a key its trials searched with another kind of distribution
+    (Optuna refuses to mix them in one study), or ``None``."""
+    from optuna.distributions import check_distribution_compatibility
+
+    for trial in study.get_trials(deepcopy=False):
+        for key, old in trial.distributions.items():
+            if key in space:
+                try:
+                    check_distribution_compatibility(old, space[key])
+                except ValueError:
+                    return (f"{key} is searched as {space[key]}, and study '{study.study_name}' already searched it "
+                            f"as {old} (trial {trial.number}); Optuna cannot mix the two in one study: search "
+                            f"{key} as the study did, or give another hydra.sweeper.study_name or storage")
+    return None
+
+
 def _text(value) -> str:
     """A sampled value as Hydra override text."""
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
@@ -177,17 +219,35 @@ class OptunaSweeper(Sweeper):
 
         from transferlab import studies
         from transferlab.errors import ConfigError
+        from transferlab.metrics import check_selection
 
         self._check()
+        objective = OmegaConf.select(self.config, "objective")
+        try:
+            check_selection(objective, "objective")  # Optuna chooses by it: never a test metric
+        except ConfigError as e:
+            raise SweepError(f"error: {e}") from None
         space, fixed = search_space(self.params, arguments)
-        sampler = self.sampler(search_space=_grid(space)) if isinstance(self.sampler, functools.partial) else self.sampler
+        sampler = _grid_sampler(self.sampler, space) if isinstance(self.sampler, functools.partial) else self.sampler
         sweep_dir = Path(self.config.hydra.sweep.dir)
         url = studies.absolute(self.storage or f"sqlite:///{sweep_dir / 'optuna.db'}")
+        shown = studies.shown(url)  # what is printed and written: the password masked
+        studies.pass_storage(url)  # the trials' route to the real URL
         try:
             studies.create_pruner(self.pruner)  # a bad name or argument: an error now, not in every trial
-            sweep_dir.mkdir(parents=True, exist_ok=True)
-            if url.startswith("sqlite:///"):
-                Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            folder = sweep_dir
+            try:
+                sweep_dir.mkdir(parents=True, exist_ok=True)
+                if url.startswith("sqlite:///"):
+                    folder = Path(url[len("sqlite:///"):]).parent
+                    folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                if folder == sweep_dir:
+                    raise SweepError(f"error: the sweep folder hydra.sweep.dir={sweep_dir} cannot be created "
+                                     f"({e.strerror or e}); give a folder you can write") from None
+                raise SweepError(f"error: the folder {folder} of hydra.sweeper.storage={shown} cannot be created "
+                                 f"({e.strerror or e}); give a storage in a folder you can write, such as "
+                                 f"sqlite:///study.db") from None
             with _quiet():
                 storage = studies.open_storage(url, self.heartbeat_interval, self.grace_period)
         except ConfigError as e:
@@ -196,11 +256,20 @@ class OptunaSweeper(Sweeper):
         study = optuna.create_study(storage=storage, sampler=sampler, study_name=name, direction=self.direction,
                                     load_if_exists=True)
         if study.direction.name.lower() != self.direction:
-            raise SweepError(f"error: study '{name}' in {url} was created to {study.direction.name.lower()}, and "
+            raise SweepError(f"error: study '{name}' in {shown} was created to {study.direction.name.lower()}, and "
                              f"hydra.sweeper.direction={self.direction}; give another study_name or storage")
+        searched = study.user_attrs.get(studies.OBJECTIVE)
+        if searched is not None and searched != objective:
+            raise SweepError(f"error: study '{name}' in {shown} searched objective={searched}, and this search's "
+                             f"objective={objective}: one best value cannot mix two metrics; search objective="
+                             f"{searched}, or give another hydra.sweeper.study_name or storage")
+        clash = _clashes(study, space)
+        if clash:
+            raise SweepError(f"error: {clash}")
+        study.set_user_attr(studies.OBJECTIVE, objective)
         study.set_user_attr(studies.PRUNER, self.pruner)
         done = sum(map(studies.counted, study.get_trials(deepcopy=False)))
-        log.info("Optuna study '%s' in %s: %d of %d trials done; %s over %s", name, url, done, self.n_trials,
+        log.info("Optuna study '%s' in %s: %d of %d trials done; %s over %s", name, shown, done, self.n_trials,
                  type(sampler).__name__, ", ".join(space) or "nothing")
         self._search(study, storage, space, fixed, url)
         self._summarise(study, url, sweep_dir)
@@ -220,7 +289,8 @@ class OptunaSweeper(Sweeper):
 
         from transferlab import studies
 
-        first = True
+        first, waiting = True, None
+        sweep_dir = Path(self.config.hydra.sweep.dir)
         while True:
             with _quiet():
                 optuna.storages.fail_stale_trials(study)
@@ -230,32 +300,55 @@ class OptunaSweeper(Sweeper):
             if len(done) >= self.n_trials:
                 return
             if done and failed / len(done) > self.max_failure_rate:
-                self._summarise(study, url, Path(self.config.hydra.sweep.dir), stop=(
+                self._summarise(study, url, sweep_dir, stop=(
                     f"{failed} of {len(done)} trials failed, more than hydra.sweeper.max_failure_rate="
                     f"{self.max_failure_rate}"))
-            running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
-            batch = min(self.n_jobs, self.n_trials - len(done) - running)
+            running = [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+            batch = min(self.n_jobs, self.n_trials - len(done) - len(running))
+            grid_left = _grid_left(study.sampler, study)
+            if grid_left is not None:
+                if grid_left == 0 and (not running or study.sampler.is_exhausted(study)):
+                    log.warning("the grid has %d points, all tried: the search ends at %d of hydra.sweeper.n_trials="
+                                "%d", len(study.sampler._all_grids), len(done), self.n_trials)
+                    return
+                batch = min(batch, grid_left)
             if batch < 1:  # the rest is running elsewhere: wait for it to end or to be found lost
+                if waiting != running:
+                    log.warning("waiting for trial(s) %s of study '%s', running elsewhere (a trial whose sweeper "
+                                "died counts as lost after hydra.sweeper.grace_period without a heartbeat)",
+                                ", ".join(map(str, running)), study.study_name)
+                    waiting = running
                 time.sleep(self.heartbeat_interval)
                 continue
-            with _quiet():
-                asked = [study.ask() for _ in range(batch)]
-            asked = self._within_budget(study, asked)
-            if not asked:
-                continue
-            if first and asked[0].number > 0 and not isinstance(study.sampler, optuna.samplers.GridSampler):
-                study.sampler.reseed_rng()  # a resumed or shared study: never re-propose the seed's first trials
-            first = False
-            overrides = [self._overrides(t, space, fixed, url) for t in asked]
-            try:
+            waiting, asked = None, []
+            try:  # every trial asked is told, whatever fails before its job ends (else RUNNING forever)
+                with _quiet():
+                    for _ in range(batch):
+                        asked.append(study.ask())
+                        try:  # found lost (and failed) if this process dies before its job starts
+                            storage.record_heartbeat(asked[-1]._trial_id)
+                        except Exception as e:  # noqa: BLE001 - a busy database: the job's heartbeats follow
+                            log.debug("heartbeat of trial %d not recorded: %s", asked[-1].number, e)
+                asked = self._within_budget(study, asked)
+                if not asked:
+                    continue
+                if first and asked[0].number > 0 and not isinstance(study.sampler, optuna.samplers.GridSampler):
+                    study.sampler.reseed_rng()  # a resumed or shared study: never re-propose the seed's first trials
+                first = False
+                overrides = [self._overrides(t, space, fixed, url) for t in asked]
                 with _heartbeat(storage, asked, self.heartbeat_interval):
                     returns = self._launch(asked, overrides)
-            except BaseException:  # interrupted: these trials did not run to an end and do not count
+                missing = [self._tell(study, trial, ret) for trial, ret in zip(asked, returns)]
+            except BaseException:  # interrupted or refused: these trials did not run to an end and do not count
                 for trial in asked:
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+                    try:
+                        study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+                    except Exception as e:  # noqa: BLE001 - the first error is the one to show
+                        log.warning("trial %d could not be marked failed: %s", trial.number, e)
                 raise
-            for trial, ret in zip(asked, returns):
-                self._tell(study, trial, ret)
+            missing = next((m for m in missing if m), None)
+            if missing:  # every other trial would train in vain
+                self._summarise(study, url, sweep_dir, stop=missing)
 
     def _within_budget(self, study, asked: list) -> list:
         """Sweepers that ask at the same moment could overshoot ``n_trials``: the lowest-numbered trials
@@ -274,9 +367,17 @@ class OptunaSweeper(Sweeper):
         return [t for t in asked if t.number in kept]
 
     def _overrides(self, trial, space: dict, fixed: dict, url: str) -> list[str]:
+        """The trial's overrides. Its storage is written masked (its config is saved and shown): the
+        trial opens the real URL through ``studies.real_url``."""
+        from transferlab import studies
+
         for name, distribution in space.items():
-            trial._suggest(name, distribution)  # what Study.ask(fixed_distributions=...) does
-        spec = f"{{storage:{_quoted(url)},study:{_quoted(trial.study.study_name)},number:{trial.number}}}"
+            try:
+                trial._suggest(name, distribution)  # what Study.ask(fixed_distributions=...) does
+            except ValueError as e:  # another sweeper on the study searched the key another way
+                raise SweepError(f"error: {_clashes(trial.study, {name: distribution}) or e}") from None
+        spec = (f"{{storage:{_quoted(studies.shown(url))},study:{_quoted(trial.study.study_name)},"
+                f"number:{trial.number}}}")
         return [*fixed.values(), *(f"{k}={_text(v)}" for k, v in trial.params.items()), f"optuna_trial={spec}"]
 
     def _launch(self, trials, overrides) -> list:
@@ -289,7 +390,8 @@ class OptunaSweeper(Sweeper):
                 start = i
         return returns
 
-    def _tell(self, study, trial, ret) -> None:
+    def _tell(self, study, trial, ret) -> str | None:
+        """Tell the study how the trial's job ended; returns why the search must stop, if it must."""
         import optuna
 
         from transferlab import studies
@@ -298,7 +400,12 @@ class OptunaSweeper(Sweeper):
         if ret.status == JobStatus.FAILED and isinstance(value, optuna.TrialPruned):
             study.tell(trial, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
             log.info("trial %d %s", trial.number, value)
-            return
+            return None
+        if ret.status == JobStatus.FAILED and isinstance(value, studies.MissingObjective):
+            reason = f"trial {trial.number}: {value}"
+            trial.set_user_attr(studies.ERROR, reason[:1000])
+            study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            return reason
         try:
             number = float(value) if ret.status == JobStatus.COMPLETED and value is not None else math.nan
         except (TypeError, ValueError):
@@ -306,12 +413,13 @@ class OptunaSweeper(Sweeper):
         if math.isfinite(number):
             study.tell(trial, number, skip_if_finished=True)
             log.info("trial %d: %s", trial.number, number)
-            return
+            return None
         reason = (f"{type(value).__name__}: {value}" if ret.status == JobStatus.FAILED else
                   _failure(ret) or f"the job returned {value!r}, not a number")
         trial.set_user_attr(studies.ERROR, reason[:1000])
         study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         log.warning("trial %d failed: %s", trial.number, reason)
+        return None
 
     def _summarise(self, study, url: str, sweep_dir: Path, stop: str | None = None) -> None:
         """``optimization_results.yaml`` and the history plot, for the report. Without a complete trial
@@ -325,7 +433,7 @@ class OptunaSweeper(Sweeper):
         count = {name: sum(t.state == s and studies.counted(t) for t in trials)
                  for name, s in (("complete", states.COMPLETE), ("pruned", states.PRUNED), ("failed", states.FAIL))}
         count["lost"] = sum(t.state == states.FAIL and not studies.counted(t) for t in trials)
-        results = {"name": "optuna", "study_name": study.study_name, "storage": url,
+        results = {"name": "optuna", "study_name": study.study_name, "storage": studies.shown(url),
                    "direction": self.direction, "objective": OmegaConf.select(self.config, "objective"),
                    "trials": count}
         if count["complete"]:

@@ -58,6 +58,12 @@ def task(cfg: DictConfig) -> float | None:
         return None
     if not in_sweep and console.rank_zero():
         console.show(_summary(metrics, cfg.paths.run_dir))
+    if cfg.get("optuna_trial") and cfg.objective not in metrics:
+        # Every trial would train in vain: the Optuna sweeper stops the search on this (a plain sweep's
+        # job has nothing to return to and keeps returning None).
+        from transferlab.studies import missing_objective
+
+        raise missing_objective(cfg.objective, metrics)
     return metrics.get(cfg.objective)
 
 
