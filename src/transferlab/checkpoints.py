@@ -4,6 +4,7 @@ whoever wrote them) is ``models.checkpoint``'s.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -70,13 +71,54 @@ class StreamingCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):  # remote storage: Lightning's fsspec path
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        writer = None
         try:
-            torch.save(checkpoint, tmp)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # A file object, not the path: torch's own file writer reports a full disk only as
+            # "unexpected pos"; through Python's the OSError (ENOSPC, EDQUOT) is seen and kept.
+            with open(tmp, "wb") as f:
+                writer = _Recording(f)
+                torch.save(checkpoint, writer)
             os.replace(tmp, path)
+        except (OSError, RuntimeError) as e:
+            error = e if isinstance(e, OSError) else writer and writer.error
+            if error is None:
+                raise
+            raise CheckpointError(_write_failure(path, error)) from e
         finally:
             tmp.unlink(missing_ok=True)
+
+
+class _Recording:
+    """A binary file whose ``write`` keeps the OSError it raised (torch turns it into a RuntimeError)."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        try:
+            return self.f.flush()
+        except OSError as e:
+            self.error = e
+            raise
+
+
+def _write_failure(path: Path, error: OSError) -> str:
+    """One paragraph for a checkpoint that could not be written: which file, and why in words."""
+    why = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+           errno.EROFS: "read-only file system", errno.EACCES: "permission denied"}.get(
+        error.errno, error.strerror or str(error))
+    fix = "free space there" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "make that folder writable"
+    return (f"cannot save the checkpoint {path}: {why} (in {path.parent}); no partial file was left (an earlier "
+            f"{path.name} is kept as it was); {fix}, or write runs elsewhere (paths.run_dir=...), and run again")
 
 
 class LastCheckpoint(RelocatableCheckpoint):
@@ -99,15 +141,21 @@ class LastCheckpoint(RelocatableCheckpoint):
         if not (self.best._last_global_step_saved == trainer.global_step and source and os.path.isfile(source)):
             return super()._save_checkpoint(trainer, filepath)
         if trainer.is_global_zero:
+            tmp = f"{filepath}.link"
             try:
-                tmp = f"{filepath}.link"
+                try:
+                    if os.path.lexists(tmp):
+                        os.remove(tmp)
+                    os.link(source, tmp)
+                    os.replace(tmp, filepath)
+                except OSError:  # a filesystem without hard links
+                    shutil.copyfile(source, tmp)
+                    os.replace(tmp, filepath)
+            except OSError as e:
+                raise CheckpointError(_write_failure(Path(filepath), e)) from e
+            finally:
                 if os.path.lexists(tmp):
                     os.remove(tmp)
-                os.link(source, tmp)
-                os.replace(tmp, filepath)
-            except OSError:  # a filesystem without hard links
-                shutil.copyfile(source, tmp)
-                os.replace(tmp, filepath)
         trainer.strategy.barrier("LastCheckpoint")
         self._last_global_step_saved, self._last_checkpoint_saved = trainer.global_step, filepath
         if trainer.is_global_zero:  # as ModelCheckpoint does after a write

@@ -48,7 +48,13 @@ def is_eval(key: str) -> bool:
 
 
 def create_metrics(num_classes: int):
-    """The classification metrics of one task and split (torchmetrics, imported only when a run starts)."""
+    """The classification metrics of one task and split (torchmetrics, imported only when a run starts).
+    A task of fewer than 2 classes is refused earlier, naming it (``tasks.create_tasks``)."""
+    if num_classes < 2:
+        from transferlab.errors import DataError
+
+        raise DataError(f"classification metrics need at least 2 classes, not {num_classes}: a task of one "
+                        f"class has nothing to tell apart; give it two or more classes")
     from torchmetrics import MetricCollection
     from torchmetrics.classification import (MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision,
                                              MulticlassRecall)

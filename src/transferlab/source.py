@@ -3,9 +3,11 @@
 ``source.overrides`` are the ``tl-train`` overrides of the source task (e.g. digits 0-4). The source
 run uses this run's ``model`` node, so architectures always match, and is cached under
 ``source.cache_dir`` by a hash of its resolved config (and of what decides the model's inputs, e.g. a
-tokenizer): the first run trains it, later ones reuse it. Resolving a plan only names the cached run
-(``SourceRun``); ``run.prepare`` trains it when it is missing. Weights the user gives
-(``model.checkpoint``, ``model.pretrained``, ``model.path``) always win over a source run.
+tokenizer) without the cache folders in it, so a moved or shared cache still hits: the first run
+trains it, later ones reuse it (a finished one is only read, so a read-only cache serves it).
+Resolving a plan only names the cached run (``SourceRun``); ``run.prepare`` trains it when it is
+missing. Weights the user gives (``model.checkpoint``, ``model.pretrained``, ``model.path``) always
+win over a source run.
 """
 from __future__ import annotations
 
@@ -13,16 +15,29 @@ import fcntl
 import hashlib
 import json
 import logging
+import os
 import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from transferlab import console
+from transferlab.errors import ConfigError
 from transferlab.runs import BEST, CHECKPOINTS, METRICS, RunDir
 
 log = logging.getLogger(__name__)
 KEY_EXCLUDES = ("paths", "logger", "hydra", "config_version")  # where a run goes and logs, not what it learns
+# Folders of caches inside the config: where things are kept, not what they are (a tokenizer trained
+# there is in the key by its settings hash, ``inputs_key``).
+CACHE_LOCATIONS = (("source", "cache_dir"), ("model", "tokenizer", "cache_dir"))
+
+
+def _drop(tree: dict, location: tuple) -> None:
+    *parents, last = location
+    for name in parents:
+        tree = tree.get(name) if isinstance(tree, dict) else None
+    if isinstance(tree, dict):
+        tree.pop(last, None)
 
 
 def source_config(cfg, inputs_key: str = ""):
@@ -35,6 +50,8 @@ def source_config(cfg, inputs_key: str = ""):
     set_value(src, "model", OmegaConf.merge(cfg.model, {"checkpoint": None, "pretrained": False}))
     set_value(src, "paths.run_dir", "")  # not part of the key; Hydra's output dir is not the source's
     key = {k: v for k, v in to_plain(src).items() if k not in KEY_EXCLUDES}
+    for location in CACHE_LOCATIONS:  # where caches live, not what is trained: a moved cache still hits
+        _drop(key, location)
     if inputs_key:
         key["model_inputs"] = inputs_key
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -79,8 +96,15 @@ class SourceRun:
     def perform(self, train) -> None:
         """``train(plan)``: the one run path (``run.train``), passed in so this lower floor never calls up."""
         folder = self.folder
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / ".lock", "w") as lock:  # concurrent jobs wait for one source run
+        if _problem(folder) is None:  # finished meanwhile (or cached): reading needs no write access
+            log.info("reusing the cached source model in %s", folder)
+            return
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock = open(folder / ".lock", "w")  # noqa: SIM115 - closed by the `with` below
+        except OSError as e:
+            raise ConfigError(_unwritable(folder, e)) from None
+        with lock:  # concurrent jobs wait for one source run
             fcntl.flock(lock, fcntl.LOCK_EX)
             problem = _problem(folder)
             if problem is None:
@@ -94,6 +118,20 @@ class SourceRun:
             console.show("training the source model (%s) into %s; later runs reuse it", " ".join(self.overrides),
                          folder)
             _as_rank_zero(train, self.plan)
+
+
+def _unwritable(folder: Path, error: OSError) -> str:
+    """Why the source cache cannot take a new source run, naming the folder and TRANSFERLAB_CACHE."""
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    why = f"'{blocker}' is a file, not a folder" if blocker is not None else (error.strerror or str(error))
+    env = os.environ.get("TRANSFERLAB_CACHE")
+    if env and folder.is_relative_to(Path(env).expanduser()):
+        where = f"it lies under TRANSFERLAB_CACHE={env}: point TRANSFERLAB_CACHE at a writable folder"
+    else:
+        where = (f"source.cache_dir={folder.parent} (by default under TRANSFERLAB_CACHE, else ~/.cache/transferlab): "
+                 f"point TRANSFERLAB_CACHE or source.cache_dir at a writable folder")
+    return (f"cannot write the source model's cache folder {folder}: {why}; {where}, or give the model weights "
+            f"of its own (model.checkpoint=... or model.pretrained=true) or source=none")
 
 
 def _problem(folder: Path) -> str | None:

@@ -135,6 +135,13 @@ def create_tasks(specs: list[TaskSpec], class_names: dict[str, list[str]]) -> li
                 raise DataError(f"task '{spec.name}' declares num_classes={spec.num_classes} but its data has "
                                 f"{len(names)} classes in column '{spec.column}' ({', '.join(names[:10])}); "
                                 f"drop num_classes or fix it")
+            if len(names) < 2:
+                data = f"tasks.{spec.name}.data" if spec.data else "data"
+                counted = f"{len(names)} class" + ("" if len(names) == 1 else "es")
+                raise DataError(f"task '{spec.name}' ({spec.kind}) has {counted} "
+                                f"in column '{spec.column}' ({', '.join(names) or 'none'}): a classifier needs at "
+                                f"least 2 classes; give {data}.classes two or more classes, or use a label column "
+                                f"with two or more values")
         else:
             names = [str(i) for i in range(spec.num_classes)]
         tasks.append(Task(name=spec.name, num_classes=len(names), class_names=names, column=spec.column,

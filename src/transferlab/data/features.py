@@ -151,10 +151,27 @@ def _reserve(cache_dir: Path, key: str) -> Path | None:
     """A private folder to extract into, or None (with a warning) when the cache is not writable."""
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
+        # mkdtemp makes it 0700 whatever the umask: give the entry a folder's usual mode, so a cache
+        # shared by a group (umask 002, a setgid folder) is shared; its files get the umask's mode anyway.
+        os.chmod(tmp, 0o777 & ~_umask())
+        return tmp
     except OSError as e:
         _unwritable(cache_dir, e)
         return None
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux shows it (other threads may create files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _unwritable(cache_dir: Path, error: OSError) -> None:

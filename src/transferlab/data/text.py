@@ -5,6 +5,8 @@ words (training only, EDA below), then tokenises a whole batch at once with dyna
 """
 from __future__ import annotations
 
+import math
+import numbers
 import random
 from dataclasses import dataclass
 from typing import Literal
@@ -129,10 +131,37 @@ def _wordnet():
                           f"data.augment.replace_from=vocabulary (words of the training texts)") from None
 
 
+def label_name(value, where: str, column: str) -> str:
+    """A label cell as its class name: strings as written, numbers by value (``1.0`` is class ``1``, as
+    pandas and ``datasets`` read a column holding 1 and 1.0); a missing label is a DataError naming
+    ``where`` (file and line) and ``column``."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise DataError(f"{where}: the label in column '{column}' is empty; every row needs a label "
+                        f"(remove the row or fill it)")
+    if isinstance(value, str):
+        return value
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):  # a numpy scalar: its Python value
+        value = value.item()
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        if not math.isfinite(value):
+            what = "NaN (a missing value)" if math.isnan(value) else f"{value} (not a class)"
+            raise DataError(f"{where}: the label in column '{column}' is {what}; every row needs a label "
+                            f"(remove the row or fill it)")
+        # an integral float names the integer's class: 1.0 and 1 are one class, written '1'
+        return str(int(value)) if float(value).is_integer() else str(value)
+    raise DataError(f"{where}: the label in column '{column}' is a {type(value).__name__} ({str(value)[:60]}), "
+                    f"not a class name; labels are strings or numbers")
+
+
 def label_classes(values: list[str], declared=None) -> list[str]:
-    """Class names of a label column: ``declared`` order, else sorted (numerically when all are integers)."""
+    """Class names of a label column: ``declared`` order, else sorted (numerically when all are integers).
+    Declared numbers are named as ``label_name`` names labels (``1.0`` is class ``1``)."""
     if declared is not None:
-        return [str(c) for c in declared]
+        return [str(int(c)) if isinstance(c, float) and c.is_integer() else str(c) for c in declared]
     unique = set(values)
     try:
         return sorted(unique, key=int)
@@ -142,6 +171,9 @@ def label_classes(values: list[str], declared=None) -> list[str]:
 
 def check_texts(texts: list[str], origin: list[str], column: str) -> None:
     for text, where in zip(texts, origin):
-        if not isinstance(text, str) or not text.strip():
+        if text is not None and not isinstance(text, str):
+            raise DataError(f"{where}: the text in column '{column}' is a {type(text).__name__} ({str(text)[:60]}), "
+                            f"not a string; every row needs a text (write it as a string, e.g. \"{str(text)[:20]}\")")
+        if text is None or not text.strip():
             raise DataError(f"{where}: the text in column '{column}' is empty; every row needs a text "
                             f"(remove the row or fill it)")

@@ -1,7 +1,9 @@
 """Labelled texts from files: csv, tsv, jsonl or parquet; one file split by fractions, or one file per split.
 
-Labels may be strings or integers (class names are kept as written); ``data.classes``, when given,
-is the label set of the (single) label column: a value outside it is an error naming its row.
+Labels may be strings or numbers: strings are class names as written, a number names its value (1 and
+1.0 are class ``1``, as pandas and ``datasets`` read such a column); an empty, null or NaN label is an
+error naming its row. ``data.classes``, when given, is the label set of the (single) label column: a
+value outside it is an error naming its row.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 from transferlab.data import KINDS
 from transferlab.data.base import SPLITS, read_utf8, split_three_ways
-from transferlab.data.text import LabeledTexts, TextData, check_texts, label_classes
+from transferlab.data.text import LabeledTexts, TextData, check_texts, label_classes, label_name
 from transferlab.errors import ConfigError, DataError
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
@@ -81,7 +83,7 @@ def labeled_texts(rows: list[dict], origin: list[str], cfg, source: str,
     if cfg.get("text_pair_column"):
         pairs = [r.get(cfg.text_pair_column) for r in rows]
         check_texts(pairs, origin, cfg.text_pair_column)
-    values = {c: ["" if r.get(c) is None else str(r.get(c)) for r in rows] for c in labels}
+    values = {c: [label_name(r.get(c), where, c) for r, where in zip(rows, origin)] for c in labels}
     declared = cfg.get("classes") if len(labels) == 1 else None
     classes = {c: (class_names or {}).get(c) or label_classes(v, declared) for c, v in values.items()}
     targets = {}
