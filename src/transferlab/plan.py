@@ -76,7 +76,9 @@ class Plan:
 
 def resolve(cfg: DictConfig, overrides: dict | None = None) -> Plan:
     """The plan of one run (``cfg`` stays as it was). ``overrides``: config key -> value applied first
-    (what tl-eval and tl-reproduce change of a saved config)."""
+    (what tl-eval and tl-reproduce change of a saved config). Settings that name the user's files
+    (``runs.saved.path_settings``) are made absolute against the working directory, so config.yaml
+    means the same files from any folder (a resumed run keeps its own, located when it was read)."""
     config = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     for key, value in (overrides or {}).items():
         set_value(config, key, value)
@@ -85,11 +87,34 @@ def resolve(cfg: DictConfig, overrides: dict | None = None) -> Plan:
         config = OmegaConf.create(to_plain(config))  # interpolations resolved once, overrides' included
     except Exception as e:  # noqa: BLE001 - OmegaConf's interpolation errors
         raise ConfigError(f"the config cannot be resolved: {str(e).splitlines()[0]}") from None
-    if config.get("resume"):
+    resumed = bool(config.get("resume"))
+    if resumed:
         config = _resumed(config)
+    _check_groups(config)
     _complete_eval_sets(config)
     _add_source_task(config)
+    if not resumed:
+        config = _absolute(config)
     return _typed(config)
+
+
+def _absolute(config: DictConfig) -> DictConfig:
+    from transferlab.runs import absolute_paths
+
+    plain = to_plain(config)
+    absolute_paths(plain, Path.cwd())
+    return OmegaConf.create(plain)
+
+
+def _check_groups(config: DictConfig) -> None:
+    """A config without a group the plan reads (a saved config of an older version, or an edited one)
+    is an error naming the key, not an attribute error deep inside."""
+    from transferlab.runs.saved import REQUIRED
+
+    missing = [k for k in REQUIRED if config.get(k) is None]
+    if missing:
+        raise ConfigError(f"the config has no '{missing[0]}' (a config saved by an older transferlab, or edited?); "
+                          f"set it, e.g. {missing[0]}=..., or start from today's defaults")
 
 
 def _typed(config: DictConfig) -> Plan:
@@ -105,7 +130,7 @@ def _typed(config: DictConfig) -> Plan:
     seed = config.get("seed")
     if not INTEGER[0](seed):
         raise ConfigError(f"seed={seed!r} is not valid: it must be {INTEGER[1]}")
-    model = FAMILIES.parse(config.model, "model")
+    model = FAMILIES.parse(_model_node(config), "model")
     data = KINDS.parse(config.data, "data")
     eval_sets = {name: KINDS.parse(node, f"eval_sets.{name}") for name, node in (config.get("eval_sets") or {}).items()}
     multitask = Multitask.parse(config.multitask, "multitask")
@@ -120,7 +145,7 @@ def _typed(config: DictConfig) -> Plan:
         src_cfg, folder = sources.source_config(config, model.inputs_key())
         source = sources.SourceRun(_typed_source(src_cfg), tuple(config.source.overrides))
         set_value(config, "model.checkpoint", str(source.checkpoint))
-        model = FAMILIES.parse(config.model, "model")
+        model = FAMILIES.parse(_model_node(config), "model")
         steps.append(source)
     plan = Plan(config=config, run_dir=Path(str(config.paths.run_dir)), model=model, data=data, eval_sets=eval_sets,
                 tasks=tasks, task_data=task_data, strategy=STRATEGIES.parse(config.strategy, "strategy"),
@@ -132,12 +157,21 @@ def _typed(config: DictConfig) -> Plan:
     return plan
 
 
+def _model_node(config: DictConfig):
+    """The model settings the run builds from. A resumed run starts from its own last.ckpt (fit restores
+    every weight from it), not from the source weights it named when it began: those may be gone or,
+    saved relative, name nothing from this folder."""
+    if config.get("resume") and config.get("ckpt_path") and config.model.get("checkpoint"):
+        return OmegaConf.merge(config.model, {"checkpoint": str(config.ckpt_path)})
+    return config.model
+
+
 def _typed_source(src_cfg: DictConfig) -> Plan:
-    """The source run's own plan (resolved like any run)."""
+    """The source run's own plan (resolved like any run; its paths absolute, after its cache key)."""
     config = OmegaConf.create(to_plain(src_cfg))
     _complete_eval_sets(config)
     _add_source_task(config)
-    return _typed(config)
+    return _typed(_absolute(config))
 
 
 def _check_missing(config: DictConfig) -> None:
@@ -185,16 +219,15 @@ def _resumed(config: DictConfig) -> DictConfig:
     from transferlab.runs import RunDir
 
     run = RunDir(config.resume)
-    saved = OmegaConf.create(run.read_config())
+    command = f"tl-train resume={run.path}"
+    # model.checkpoint is only the start of the first epoch: the weights now come from last.ckpt
+    saved = OmegaConf.create(run.located_config(command, optional=("model.checkpoint", "ckpt_path")))
     if not run.last.is_file():
         raise ConfigError(f"cannot resume '{run.path}': it has no checkpoints/last.ckpt (it stopped before "
                           f"the first epoch ended); start it again instead")
     if run.finished():
         raise ConfigError(f"'{run.path}' already finished (metrics.json exists); nothing to resume")
-    if "fusion" in saved or "strategy" not in saved:
-        raise ConfigError(f"'{run.path}' is not a training run (its config.yaml has no strategy); only an "
-                          f"interrupted tl-train run can be resumed")
-    set_value(saved, "ckpt_path", str(run.last))
+    set_value(saved, "ckpt_path", str(run.last.resolve()))
     set_value(saved, "paths.run_dir", str(run.path.resolve()))
     set_value(saved, "resume", str(run.path.resolve()))  # config.yaml then says the run was resumed
     set_value(saved, "optuna_trial", None)  # its sweep closed the trial it was; it no longer reports there

@@ -35,10 +35,11 @@ def reproduce(run_dir: Path, out: Path | None, allow_version_change: bool, toler
     from transferlab.plan import resolve
 
     folder = RunDir(run_dir)
-    cfg = OmegaConf.create(folder.read_config())
-    if "strategy" not in cfg:
-        raise ConfigError(f"'{run_dir}' is not a training run (its config.yaml has no strategy); tl-reproduce "
-                          f"trains a tl-train run again")
+    saved = folder.read_config()
+    source_overrides = saved.get("source", {}).get("overrides") if isinstance(saved.get("source"), dict) else None
+    # a source checkpoint that cannot be found is trained again where the run says how (source.overrides)
+    cfg = OmegaConf.create(folder.located_config("tl-reproduce", optional=("ckpt_path",) + (
+        ("model.checkpoint",) if source_overrides else ())))
     if not folder.finished():
         raise ConfigError(f"'{run_dir}' has no metrics.json: it never finished, so there is nothing to compare "
                           f"(resume it with {resume_command(run_dir)})")
@@ -49,11 +50,11 @@ def reproduce(run_dir: Path, out: Path | None, allow_version_change: bool, toler
     # Not an Optuna trial again: the study has its result already.
     overrides = {"paths.run_dir": str(out), "ckpt_path": None, "resume": None, "paths.feature_cache": None,
                  "optuna_trial": None}
-    if cfg.model.get("checkpoint") and not Path(cfg.model.checkpoint).is_file() and cfg.source.get("overrides"):
+    if cfg.model.get("checkpoint") and not Path(cfg.model.checkpoint).is_file() and source_overrides:
         overrides["model.checkpoint"] = None  # the cached source run is gone: train it again
     if tolerance is None:  # CPU runs are deterministic here; GPU kernels may not be
         env = folder.read_json(ENV) if folder.has(ENV) else {}
-        on_gpu = env.get("device", {}).get("cuda", True) and cfg.trainer.accelerator != "cpu"
+        on_gpu = env.get("device", {}).get("cuda", True) and cfg.trainer.get("accelerator") != "cpu"
         tolerance = 0.01 if on_gpu else 0.0
     new = run.train(resolve(cfg, overrides))
     return old, new, tolerance, out

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from transferlab import metrics as names
 from transferlab.errors import ConfigError
-from transferlab.runs import Run, find_runs
+from transferlab.runs import Run, find_runs, write_atomic
 from transferlab.reports.table import Row, build_rows, markdown, select, write_csv
 
 
@@ -40,24 +40,37 @@ def write_report(dirs, out=None, select_by: str | None = None) -> Report:
         raise ConfigError(f"no transferlab runs under {', '.join(map(str, dirs))}: no directory there holds "
                           f"a config.yaml, metrics.json or failed.json (give a run, sweep or outputs directory)")
     out = Path(out) if out is not None else dirs[0]
-    out.mkdir(parents=True, exist_ok=True)
     rows, run_labels = build_rows(runs)
     if select_by:
         rows = select(rows, select_by)
-    paths = [out / "report.md", out / "report.csv"]
-    figures = []
-    if rows:
-        from transferlab.reports.figure import plot, plot_alpha  # matplotlib only when there is something to draw
+    try:
+        _check_writable(out)
+        paths = [out / "report.md", out / "report.csv"]
+        figures = []
+        if rows:
+            from transferlab.reports.figure import plot, plot_alpha  # matplotlib only when there is something to draw
 
-        figures = [p for p in (plot(rows, out / "report.png"), plot_alpha(rows, out / "fusion.png")) if p]
-        paths += figures
-    study = _study(dirs[0])
-    if study and (dirs[0] / HISTORY).is_file():
-        figures.append(dirs[0] / HISTORY)
-    text = markdown(rows, runs, run_labels, dirs, [os.path.relpath(p, out) for p in figures], select_by, study)
-    paths[0].write_text(text)
-    write_csv(paths[1], rows, runs, run_labels)
+            figures = [p for p in (plot(rows, out / "report.png"), plot_alpha(rows, out / "fusion.png")) if p]
+            paths += figures
+        study = _study(dirs[0])
+        if study and (dirs[0] / HISTORY).is_file():
+            figures.append(dirs[0] / HISTORY)
+        text = markdown(rows, runs, run_labels, dirs, [os.path.relpath(p, out) for p in figures], select_by, study)
+        write_atomic(paths[0], text)
+        write_csv(paths[1], rows, runs, run_labels)
+    except OSError as e:
+        raise ConfigError(f"cannot write the report into '{out}': {e.strerror or e}; choose a folder you can "
+                          f"write with --out DIR (out=... in Python)") from None
     return Report(rows, runs, text, paths, study)
+
+
+def _check_writable(out: Path) -> None:
+    """Before any report file is written: the folder exists (created) and takes a file."""
+    import tempfile
+
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=out):
+        pass
 
 
 HISTORY = "optimization_history.png"  # beside optimization_results.yaml, written by the Optuna sweeper
@@ -103,7 +116,7 @@ def log_to_wandb(report: Report, config: DictConfig) -> None:
         payload.update({key: wandb.Image(str(path)) for key, path in figures.items() if path.is_file()})
         run.log(payload)
         run.summary.update({f"report/{s}_runs": sum(r.status == s for r in report.runs)
-                            for s in ("finished", "pruned", "failed", "incomplete")})
+                            for s in ("finished", "pruned", "failed", "incomplete", "damaged")})
         if report.study:  # the Optuna study: best value and parameters, importances, trial counts
             run.summary.update({f"optuna/{k}": report.study[k] for k in
                                 ("study_name", "best_value", "best_params", "importances", "trials") if k in report.study})

@@ -15,6 +15,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from transferlab import metrics as names  # noqa: E402
 from transferlab.runs import CANDIDATES, read_history  # noqa: E402
+from transferlab.runs.files import umask  # noqa: E402
 from transferlab.reports.table import Row  # noqa: E402
 
 
@@ -75,9 +76,7 @@ def plot(rows: list[Row], path: Path, metric: str = names.PRIMARY) -> Path:
     curves.set_title(f"{names.MONITOR} per epoch: mean over seeds" + (" (band: ± std)" if bands else ""))
     curves.grid(alpha=0.3)
 
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_alpha(rows: list[Row], path: Path) -> Path | None:
@@ -107,6 +106,25 @@ def plot_alpha(rows: list[Row], path: Path) -> Path | None:
     ax.set_title(f"WiSE-FT θ(α) = (1-α)·θ_0 + α·θ_1: mean ± std over {len(tables)} interpolation(s)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    """Written beside ``path`` and renamed into place: a failed write never leaves half a figure."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.chmod(tmp, 0o666 & ~umask())  # as the run's other files, not mkstemp's 0600
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, dpi=110, format=path.suffix.lstrip(".") or "png")
+        os.replace(tmp, path)
+        tmp = None
+    finally:
+        plt.close(fig)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     return path

@@ -6,6 +6,7 @@ aside, so a sweep over ``strategy`` × ``optimizer.lr`` × ``seed`` gives one ro
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import statistics
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from transferlab import metrics as names
 from transferlab.errors import ConfigError
-from transferlab.runs import Run
+from transferlab.runs import Run, write_atomic
 
 # Config keys that differ between seeds of the same setting without changing it.
 RUN_SPECIFIC = ("seed", "paths", "hydra", "logger", "ckpt_path", "model.checkpoint", "experiment_name", "runs", "sweep",
@@ -246,9 +247,10 @@ def study_lines(study: dict) -> list[str]:
 
 def markdown(rows: list[Row], runs: list[Run], run_labels: dict, dirs, figures: list[str] = (),
              select_by: str | None = None, study: dict | None = None) -> str:
-    counts = {s: sum(r.status == s for r in runs) for s in ("finished", "pruned", "failed", "incomplete")}
-    if not counts["pruned"]:
-        del counts["pruned"]  # only Optuna searches prune
+    counts = {s: sum(r.status == s for r in runs) for s in ("finished", "pruned", "failed", "incomplete", "damaged")}
+    for rare in ("pruned", "damaged"):  # only Optuna searches prune; damaged files are rare
+        if not counts[rare]:
+            del counts[rare]
     shown = [*SHOWN, *eval_metrics(rows)]
     passes = any(row.mean("forward_passes") > 1 for row in rows)  # an ensemble's cost beside its accuracy
     peaks = [m for m in LR_PEAKS if any(m in r.metrics for row in rows for r in row.runs)]
@@ -304,6 +306,14 @@ def markdown(rows: list[Row], runs: list[Run], run_labels: dict, dirs, figures: 
         for r in problems:
             reason = (r.error or "").replace("|", "\\|").replace("\n", " ")
             lines.append(f"| {r.status} | {run_labels[r.dir]} | {r.describe('seed')} | `{r.dir}` | {reason} |")
+    damaged = [r for r in runs if r.status == "damaged"]
+    if damaged:
+        lines += ["", "## Damaged runs (files that cannot be read; not counted above)", "",
+                  "| setting | seed | directory | reason |", "|---|---|---|---|"]
+        for r in damaged:
+            reason = (r.error or "").replace("|", "\\|").replace("\n", " ")
+            seed = r.describe("seed")
+            lines.append(f"| {run_labels[r.dir]} | {'?' if seed is None else seed} | `{r.dir}` | {reason} |")
     return "\n".join(lines) + "\n"
 
 
@@ -317,28 +327,30 @@ def write_csv(path: Path, rows: list[Row], runs: list[Run], run_labels: dict) ->
     def describe(rs: list[Run], key: str) -> str:
         return " ".join(dict.fromkeys(str(r.describe(key)) for r in rs))
 
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        def summary(kind: str, row: Row, label: str) -> dict:
-            return {"kind": kind, "label": label, "status": "finished", "best": row.best if kind == "row" else "",
-                    **{k: describe(row.runs, k) for k in ("strategy", "model", "data")},
-                    "seeds": " ".join(map(str, row.seeds)), "n_seeds": len(row.runs),
-                    **{c: (row.std(c[:-4]) if c.endswith("_std") else row.mean(c)) for c in stats},
-                    "trainable_params": row.mean("trainable_params"), "fit_seconds": row.mean("fit_seconds"),
-                    "chosen": row.chosen, **{m: row.mean(m) for m in LR_PEAKS}}
+    f = io.StringIO(newline="")  # the whole table first, then one atomic write: never half a report.csv
+    writer = csv.DictWriter(f, fieldnames=columns)
+    writer.writeheader()
 
-        for row in rows:
-            writer.writerow(summary("row", row, row.label))
-        for row in rows:  # with selection: every setting a row was chosen from
-            for t in row.tried:
-                writer.writerow(summary("tried", t, t.label))
-        for r in runs:
-            finished = r.status == "finished"
-            writer.writerow({"kind": "run", "label": run_labels[r.dir], "status": r.status, "best": "",
-                             **{k: r.describe(k) for k in ("strategy", "model", "data")},
-                             "seeds": r.describe("seed"), "n_seeds": 1 if finished else 0,
-                             **{m: r.metrics.get(m, "") for m in [*METRICS, *evaluated] if finished},
-                             "trainable_params": r.metrics.get("trainable_params", ""),
-                             "fit_seconds": r.metrics.get("fit_seconds", ""),
-                             "run_dir": str(r.dir), "error": r.error or ""})
+    def summary(kind: str, row: Row, label: str) -> dict:
+        return {"kind": kind, "label": label, "status": "finished", "best": row.best if kind == "row" else "",
+                **{k: describe(row.runs, k) for k in ("strategy", "model", "data")},
+                "seeds": " ".join(map(str, row.seeds)), "n_seeds": len(row.runs),
+                **{c: (row.std(c[:-4]) if c.endswith("_std") else row.mean(c)) for c in stats},
+                "trainable_params": row.mean("trainable_params"), "fit_seconds": row.mean("fit_seconds"),
+                "chosen": row.chosen, **{m: row.mean(m) for m in LR_PEAKS}}
+
+    for row in rows:
+        writer.writerow(summary("row", row, row.label))
+    for row in rows:  # with selection: every setting a row was chosen from
+        for t in row.tried:
+            writer.writerow(summary("tried", t, t.label))
+    for r in runs:
+        finished = r.status == "finished"
+        writer.writerow({"kind": "run", "label": run_labels[r.dir], "status": r.status, "best": "",
+                         **{k: r.describe(k) for k in ("strategy", "model", "data")},
+                         "seeds": r.describe("seed"), "n_seeds": 1 if finished else 0,
+                         **{m: r.metrics.get(m, "") for m in [*METRICS, *evaluated] if finished},
+                         "trainable_params": r.metrics.get("trainable_params", ""),
+                         "fit_seconds": r.metrics.get("fit_seconds", ""),
+                         "run_dir": str(r.dir), "error": r.error or ""})
+    write_atomic(path, f.getvalue())

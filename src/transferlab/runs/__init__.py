@@ -4,13 +4,14 @@ A low floor: plain files, YAML and JSON, no torch. ``run``, ``fusion``, ``report
 the command-line entry points all go through it.
 """
 from transferlab.runs.directory import (BEST, CANDIDATES, CHECKPOINTS, CONFIG, ENV, FAILED, LAST, METRICS, PRUNED, RECORD, RunDir,
-                                        adopt, claim, forget_claims, free_name, register_resolvers,
-                                        resume_command)
+                                        adopt, claim, forget_claims, free_name, refuse_interpolation,
+                                        register_resolvers, resume_command)
 from transferlab.runs.files import strict_json, write_atomic, write_json, write_yaml
 from transferlab.runs.find import STATUSES, Run, check_sweep, find_runs, read_history, read_run, setting
-from transferlab.runs.saved import VERSION, check_saved, read_config, upgrade, upgrade_tasks
+from transferlab.runs.saved import (VERSION, absolute_paths, check_saved, read_config, require_complete, upgrade,
+                                   upgrade_tasks)
 
 __all__ = ["BEST", "CANDIDATES", "CHECKPOINTS", "CONFIG", "ENV", "FAILED", "LAST", "METRICS", "PRUNED", "RECORD", "STATUSES",
-           "VERSION", "Run", "RunDir", "adopt", "check_saved", "check_sweep", "claim", "find_runs", "forget_claims", "free_name",
-           "read_config", "read_history", "read_run", "register_resolvers", "resume_command", "setting",
+           "VERSION", "Run", "RunDir", "absolute_paths", "adopt", "check_saved", "check_sweep", "claim", "find_runs", "forget_claims", "free_name",
+           "read_config", "read_history", "read_run", "refuse_interpolation", "register_resolvers", "require_complete", "resume_command", "setting",
            "strict_json", "upgrade", "upgrade_tasks", "write_atomic", "write_json", "write_yaml"]

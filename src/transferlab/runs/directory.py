@@ -50,7 +50,8 @@ class RunDir:
                                                                            if k != saved.KEY}})
 
     def write_env(self, env: dict) -> None:
-        files.write_json(self.path / ENV, env)
+        """env.json; ``cwd``: the folder the command ran in, which relative paths it was given meant."""
+        files.write_json(self.path / ENV, {**env, "cwd": env.get("cwd") or os.getcwd()})
 
     def write_metrics(self, metrics: dict) -> None:
         """Written last: its presence means the run finished."""
@@ -87,6 +88,29 @@ class RunDir:
             raise ConfigError(f"'{path}' holds a JSON {type(value).__name__}, not an object; the run directory "
                               f"is damaged")
         return value
+
+    def started_in(self) -> str | None:
+        """The folder the run's command ran in (env.json's ``cwd``), or None where it is not recorded."""
+        try:
+            cwd = self.read_json(ENV).get("cwd") if self.has(ENV) else None
+        except ConfigError:
+            return None
+        return cwd if isinstance(cwd, str) and os.path.isabs(cwd) else None
+
+    def located_config(self, command: str, optional: tuple[str, ...] = ()) -> dict:
+        """config.yaml to run again (``command``: tl-reproduce, tl-train resume=...): a training run's,
+        complete (``saved.require_complete``), its relative paths made absolute against the folder it was
+        started in (``saved.locate_paths``). A path that cannot be found is an error naming it, unless its
+        key is in ``optional`` (then it stays as saved)."""
+        config = self.read_config()
+        if "fusion" in config or "strategy" not in config:
+            raise ConfigError(f"'{self.path}' is not a training run (its {CONFIG} has no strategy); {command} "
+                              f"takes a tl-train run")
+        saved.require_complete(config, f"'{self.path / CONFIG}'")
+        for name, value in saved.locate_paths(config, self.started_in()):
+            if name not in optional:
+                raise saved.lost_path_error(f"'{self.path / CONFIG}'", name, value, command)
+        return config
 
     def tested_checkpoint(self, metrics: dict) -> Path:
         """The checkpoint the run reported its test metrics with (``best_checkpoint``), found in this
@@ -162,6 +186,7 @@ def claim(path) -> str:
     own (``<time>-1``); any other folder is refused when it holds (part of) another run. A folder this
     process claimed already (Hydra's, with its log in it) is its own."""
     path = str(path)
+    refuse_interpolation(path)
     base = _BASE.get(path)
     if base is not None:
         if base not in _CLAIMED:
@@ -175,6 +200,16 @@ def claim(path) -> str:
     RunDir(path).check_writable()
     _TAKEN.add(_key(path))
     return path
+
+
+def refuse_interpolation(path: str) -> None:
+    """A folder name holding ``${`` is refused before anything is created: Hydra reads the run directory
+    as a config value again (its log file's name), where ``${...}`` is an interpolation, and fails."""
+    if "${" in str(path):
+        raise ConfigError(f"the output folder '{path}' contains '${{', which Hydra would read as an "
+                          f"interpolation (it names the run's log file after the folder); choose a folder name "
+                          f"without '${{' (hydra.run.dir=..., hydra.sweep.dir=..., paths.output_dir=..., "
+                          f"experiment_name=...)")
 
 
 def _key(path) -> str:

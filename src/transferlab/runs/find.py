@@ -104,6 +104,9 @@ def read_history(run_dir: Path, metric: str) -> dict[int, float]:
 def check_sweep(sweep_dir, belongs=None) -> None:
     """A sweep never writes into a folder holding runs, finished or not; ``belongs(run)`` may accept
     the runs of the search it continues (an Optuna study run again with the same command)."""
+    from transferlab.runs.directory import refuse_interpolation
+
+    refuse_interpolation(str(sweep_dir))
     folder = Path(sweep_dir)
     if not folder.is_dir():
         return

@@ -8,6 +8,7 @@ Version 1 (no ``config_version``) is every config written before the key existed
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 from transferlab.errors import ConfigError
@@ -94,7 +95,158 @@ def upgrade(config: dict, where: str = "a saved config") -> dict:
     while version < VERSION:
         config = UPGRADES[version](config)
         version += 1
-    return {KEY: VERSION, **{k: v for k, v in config.items() if k != KEY}}
+    return _filled({KEY: VERSION, **{k: v for k, v in config.items() if k != KEY}})
+
+
+# --- groups an older config may lack --------------------------------------------------------------
+# A training run's config (it has a strategy) needs these; a missing one cannot be filled in from
+# today's defaults without perhaps changing what the run does, so reading it to train is refused.
+REQUIRED = ("seed", "model", "data", "tasks", "multitask", "strategy", "optimizer", "scheduler", "trainer")
+
+
+def _defaults(group: str):
+    """A group's value in today's conf/train.yaml (plain, as written there)."""
+    import yaml
+
+    from transferlab import CONF_DIR
+
+    return copy.deepcopy(yaml.safe_load((CONF_DIR / "train.yaml").read_text()).get(group))
+
+
+def _filled(config: dict) -> dict:
+    """A training run's config with the groups it lacks filled in where that cannot change what the run
+    does: how it logs and reports, and the settings of features it could not have used (no source run:
+    its weights are ``model.checkpoint``; one task: multi-task sampling and weighting have nothing to mix)."""
+    if "strategy" not in config or "fusion" in config:
+        return config
+    tasks = config.get("tasks")
+    fill = {"eval_sets": {}, "ckpt_path": None, "resume": None, "optuna_trial": None, "verbose": False,
+            "logger": {}, "source": {"overrides": [], "cache_dir": None}}
+    if isinstance(tasks, dict) and sum(t is not None for t in tasks.values()) <= 1:
+        fill["multitask"] = _defaults("multitask")
+    if "objective" not in config:
+        fill["objective"] = _defaults("objective")
+    data, strategy = config.get("data"), config.get("strategy")
+    if isinstance(data, dict) and isinstance(strategy, dict) and data.get("label") and strategy.get("label"):
+        fill["experiment_name"] = f"{data['label']}_{strategy['label']}"
+    for key, value in fill.items():
+        if key not in config:
+            config[key] = value
+    return config
+
+
+def require_complete(config: dict, where: str) -> None:
+    """Refuse a saved training config that lacks a group which cannot be filled in (``_filled``),
+    naming the key and the file."""
+    for key in REQUIRED:
+        if config.get(key) is None:
+            extra = ""
+            if key == "multitask" and isinstance(config.get("tasks"), dict):
+                n = sum(t is not None for t in config["tasks"].values())
+                extra = f" (the run has {n} tasks, whose sampling, loss weighting and monitored task it sets)"
+            raise ConfigError(f"{where} has no '{key}'{extra}: a config saved by an older transferlab, or edited; "
+                              f"today's default could change what the run does, so it is not filled in. Add the "
+                              f"'{key}' the run used to that file, or start a new run")
+
+
+# --- settings that name the user's files ----------------------------------------------------------
+# Stored absolute in a saved config (plan.resolve), so a run can be reproduced, resumed or evaluated
+# from any folder. Outputs and caches (paths.*, tokenizer.cache_dir, source.cache_dir) are not here.
+MODEL_PATHS = ("checkpoint", "path", "tokenizer.path")
+DATA_PATHS = ("root", "manifest", "path", "train", "val", "test", "data_files")
+# per data kind: the keys that always name files; the other DATA_PATHS keys of a kind are paths only
+# when they exist (hf_datasets' path is a hub name or builder unless it is a folder on disk)
+DATA_FILES = {"image_folder": ("root",), "csv": ("manifest", "root"), "torchvision": ("root",),
+              "text_files": ("path", "train", "val", "test")}
+
+
+def _relative(value) -> bool:
+    return (isinstance(value, str) and bool(value) and not os.path.isabs(value) and not value.startswith("~")
+            and "://" not in value and "${" not in value)
+
+
+def _node(config: dict, key: str):
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def path_settings(config: dict) -> list[tuple[dict, object, str, bool]]:
+    """``(container, key, name, surely_a_path)`` of every setting that names a user's file and holds a
+    relative path (``name``: the dotted key, e.g. ``eval_sets.noisy.root``, ``data.data_files[0]``)."""
+    found = []
+
+    def add(container, key, name, sure):
+        value = container.get(key) if isinstance(container, dict) else None
+        if isinstance(value, list):
+            for i, v in enumerate(value):
+                if _relative(v):
+                    found.append((value, i, f"{name}[{i}]", sure))
+        elif isinstance(value, dict) and key == "data_files":
+            for k, v in value.items():
+                add(value, k, f"{name}.{k}", sure)
+        elif _relative(value):
+            found.append((container, key, name, sure))
+
+    if _relative(config.get("ckpt_path")):
+        found.append((config, "ckpt_path", "ckpt_path", True))
+    model = config.get("model")
+    if isinstance(model, dict):
+        for key in MODEL_PATHS:
+            *parents, last = key.split(".")
+            add(_node(model, ".".join(parents)) if parents else model, last, f"model.{key}", True)
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    nodes = [("data", data)]
+    nodes += [(f"eval_sets.{n}", d) for n, d in (config.get("eval_sets") or {}).items() if isinstance(d, dict)]
+    nodes += [(f"tasks.{n}.data", t.get("data")) for n, t in (config.get("tasks") or {}).items()
+              if isinstance(t, dict) and isinstance(t.get("data"), dict)]
+    for where, node in nodes:
+        kind = node.get("kind") or data.get("kind")
+        for key in DATA_PATHS:
+            add(node, key, f"{where}.{key}", key in DATA_FILES.get(kind, ()))
+    return found
+
+
+def absolute_paths(config: dict, base) -> list[tuple[str, str]]:
+    """Make the relative paths of ``config`` (plain, changed in place) absolute against ``base`` (the
+    folder they were given in); a value that may be a name (a hub dataset) only where it exists there.
+    Returns ``(name, value)`` of those left as they were."""
+    left = []
+    for container, key, name, sure in path_settings(config):
+        value = container[key]
+        candidate = os.path.normpath(os.path.join(str(base), value))
+        if sure or os.path.exists(candidate):
+            container[key] = candidate
+        else:
+            left.append((name, value))
+    return left
+
+
+def locate_paths(config: dict, started_in) -> list[tuple[str, str]]:
+    """A saved config's relative paths (runs saved before they were stored absolute) made absolute:
+    against the folder the run was started in when it recorded one (``started_in``), else against this
+    folder where they name something here. Returns ``(name, value)`` of the paths that cannot be found."""
+    if started_in:
+        absolute_paths(config, started_in)
+        return []
+    lost = []
+    for container, key, name, sure in path_settings(config):
+        candidate = os.path.abspath(container[key])
+        if os.path.exists(candidate):
+            container[key] = candidate
+        elif sure:
+            lost.append((name, container[key]))
+    return lost
+
+
+def lost_path_error(where: str, name: str, value: str, command: str) -> ConfigError:
+    return ConfigError(f"{where} sets {name}={value!r}, a path relative to the folder that run was started from, "
+                       f"which it did not record (runs saved before transferlab stored absolute paths); from here "
+                       f"({os.getcwd()}) it names nothing. Run {command} from that folder, or write the absolute "
+                       f"path into that file")
 
 
 def upgrade_tasks(tasks: list[dict]) -> list[dict]:
