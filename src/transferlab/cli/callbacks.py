@@ -33,6 +33,19 @@ def _save_scrubbed(node, name: str, folder: Path) -> None:
     OmegaConf.save(OmegaConf.create(redact.scrub(plain)), folder / name)
 
 
+def _folder(config: DictConfig, mode: str) -> str:
+    """hydra.run.dir / hydra.sweep.dir, or an error naming the value when it holds an interpolation that
+    resolves to nothing (``${x}`` typed into a folder name)."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    try:
+        return str(config.hydra[mode].dir)
+    except InterpolationResolutionError as e:
+        raw = OmegaConf.to_container(config.hydra[mode], resolve=False)["dir"]
+        raise ConfigError(f"hydra.{mode}.dir={raw} cannot be resolved ({str(e).splitlines()[0]}); write "
+                          f"\\${{ for a literal '${{' or choose a folder name without it") from None
+
+
 class RunDirectory(Callback):
     """Guards a run's directory before Hydra writes into it (Hydra creates it and opens its log before
     any job code runs), and writes Hydra's record without secrets: a single run claims its folder (or
@@ -57,13 +70,13 @@ class RunDirectory(Callback):
                                       f"{' '.join(extra)} would not apply; resume without {them}, or start a "
                                       f"new run with {them}")
                 return
-            runs.claim(str(config.hydra.run.dir))
+            runs.claim(_folder(config, "run"))
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         runs.forget_claims()
         with user_errors():
             if console.rank_zero():
-                runs.check_sweep(str(config.hydra.sweep.dir), _same_study(config))
+                runs.check_sweep(_folder(config, "sweep"), _same_study(config))
 
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
         redact.remember(list(config.hydra.overrides.task))  # before anything of this job is written
