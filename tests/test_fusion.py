@@ -145,7 +145,7 @@ def test_an_ensemble_of_one_run_is_that_run_and_of_two_costs_two_passes(runs, tm
 
 
 @pytest.mark.parametrize("case", ["initialisation", "classes", "unfinished", "no_checkpoint", "alpha", "empty_sweep",
-                                  "eval_set", "one_end", "not_a_run"])
+                                  "eval_set", "one_end", "not_a_run", "where_key"])
 def test_bad_input_is_refused_naming_it_and_leaves_no_finished_fusion(runs, tmp_path, case):
     probe, ft = str(runs["probe"]["dir"]), str(runs["ft1"]["dir"])
     values, expected = {"runs": [probe, ft]}, None
@@ -181,6 +181,11 @@ def test_bad_input_is_refused_naming_it_and_leaves_no_finished_fusion(runs, tmp_
         values, expected = {"runs": [ft]}, "exactly 2 runs"
     elif case == "not_a_run":
         values, expected = {"runs": [probe, str(tmp_path / "nowhere")]}, "does not exist"
+    elif case == "where_key":  # the README's old example: the key is strategy.label, `name` matched nothing
+        sweep = tmp_path / "sweep"
+        shutil.copytree(ft, sweep / "ft")
+        method, values = "greedy_soup", {"runs": [], "sweep": str(sweep), "where": {"strategy.name": "finetune"}}
+        expected = "where.strategy.name: no run under .* has a setting strategy.name; did you mean: .*strategy.label"
     out = tmp_path / "out"
     with pytest.raises(ConfigError, match=expected):
         fuse(out, method, **values)

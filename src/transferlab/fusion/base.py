@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 
 from transferlab import runs
-from transferlab.errors import ConfigError
+from transferlab.errors import ConfigError, suggest
 from transferlab.metrics import check_selection, higher_is_better
 from transferlab.settings import Settings, setting
 
@@ -129,8 +129,16 @@ def find_ingredients(sweep, where: dict) -> list[Ingredient]:
     if not sweep.is_dir():
         raise ConfigError(f"sweep '{sweep}' is not a directory (sweep= takes a multirun directory)")
     found = [r for r in runs.find_runs([sweep]) if "strategy" in r.config]  # training runs, not earlier fusions
-    kept = [r for r in found if r.status == "finished" and
-            all(str(r.setting(k)) == str(v) for k, v in (where or {}).items())]
+    finished = [r for r in found if r.status == "finished"]
+    absent = object()
+    for key in where or {}:  # a key no run has (strategy.name for strategy.label) would match nothing
+        if finished and all(r.setting(key, absent) is absent for r in finished):
+            group = key.split(".")[0]
+            keys = sorted({f"{group}.{k}" for r in finished if isinstance(r.setting(group), dict)
+                           for k in r.setting(group)})
+            raise ConfigError(f"where.{key}: no run under '{sweep}' has a setting {key}; "
+                              f"{suggest(key, keys) if keys else 'valid: a dotted key of their config.yaml'}")
+    kept = [r for r in finished if all(str(r.setting(k)) == str(v) for k, v in (where or {}).items())]
     if not kept:
         why = f" matching where={dict(where)}" if where else ""
         raise ConfigError(f"no finished training runs under '{sweep}'{why} ({len(found)} runs there, "
