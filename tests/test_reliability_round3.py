@@ -234,3 +234,40 @@ def test_feature_cache_entries_follow_the_umask_so_a_group_can_share_them(tmp_pa
     hit = cached_features(backbone, lambda inputs: backbone(inputs["x"]), _Items(), batch_size=4, num_workers=0,
                           cache_dir=tmp_path / "features")
     assert len(hit) == 6
+
+
+# --- 8. a damaged tokenizer file: a user's is named, a cached one is trained again ----------------------
+
+TOKENIZED = ["model=tiny_bert", "data=synthetic_text", "data.num_samples=40", "tasks.main.column=topic",
+             "source=none", "logger=csv"]
+
+
+def test_a_damaged_tokenizer_path_is_an_error_naming_the_file(tmp_path):
+    from transferlab import run
+    from transferlab.plan import resolve
+
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text('{"version": "1.0", "model": {"type": "WordPi')  # cut short, as by a full disk
+    plan = resolve(compose(*TOKENIZED, "model.tokenizer.train_on=null", f"model.tokenizer.path={bad}",
+                           run_dir=tmp_path / "run"))
+    with pytest.raises(ConfigError, match=r"model.tokenizer.path=.*tokenizer.json.*is not a readable tokenizer.json"):
+        run.build(plan)
+
+
+def test_a_damaged_cached_tokenizer_is_trained_again(tmp_path):
+    from transferlab import run
+    from transferlab.models.hf import TrainTokenizer
+    from transferlab.plan import resolve
+
+    corpus = "model.tokenizer.train_on=['data=synthetic_text','data.domain=source','data.num_samples=200']"
+    overrides = [*TOKENIZED, corpus, f"model.tokenizer.cache_dir={tmp_path / 'tokenizers'}"]
+    run.prepare(resolve(compose(*overrides, run_dir=tmp_path / "a")))
+    step = next(s for s in resolve(compose(*overrides, run_dir=tmp_path / "x")).model.steps()
+                if isinstance(s, TrainTokenizer))
+    whole = step.file.read_text()
+    step.file.write_text(whole[: len(whole) // 2])  # a damaged cache entry
+    plan = resolve(compose(*overrides, run_dir=tmp_path / "b"))
+    assert any(isinstance(s, TrainTokenizer) and not s.done() for s in plan.steps)
+    run.prepare(plan)
+    assert json.loads(step.file.read_text()) == json.loads(whole)  # trained again, the same tokenizer
+    run.build(plan)

@@ -238,7 +238,7 @@ class HfFamily(Family):
         if spec.path:
             p = Path(spec.path).expanduser()
             if p.is_file():
-                return _wrap(PreTrainedTokenizerFast(tokenizer_file=str(p)))
+                return _wrap(_tokenizer_file(p, f"model.tokenizer.path={spec.path}"))
             if not p.is_dir():
                 raise ConfigError(f"model.tokenizer.path={spec.path} does not exist; pass a tokenizer.json file or a "
                                   f"tokenizer save_pretrained() directory")
@@ -248,7 +248,7 @@ class HfFamily(Family):
             if not file.is_file():
                 raise ConfigError(f"the tokenizer of model '{self.name}' is not trained yet ({file}); run.prepare "
                                   f"trains it before the model is built")
-            return _wrap(PreTrainedTokenizerFast(tokenizer_file=str(file)))
+            return _wrap(_tokenizer_file(file, "the cached tokenizer (delete it to train it again)"))
         if self.path:
             return _load(lambda: AutoTokenizer.from_pretrained(str(_local_dir(self.path, "model.path"))),
                          f"the tokenizer of model.path={self.path}")
@@ -317,7 +317,7 @@ class TrainTokenizer:
         return f"train a tokenizer into {self.file.parent}"
 
     def done(self) -> bool:
-        return self.file.is_file()
+        return _readable_tokenizer(self.file)
 
     def perform(self, train=None) -> None:
         from transferlab.models import wordpiece
@@ -326,14 +326,40 @@ class TrainTokenizer:
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if self.file.is_file():
+            if _readable_tokenizer(self.file):
                 return
+            if self.file.is_file():
+                log.warning("the cached tokenizer %s is damaged; training it again", self.file)
             tok = wordpiece.train_wordpiece(self.texts, self.spec.vocab_size, SPECIAL, self.spec.lowercase)
             tmp = folder / f".tokenizer.{os.getpid()}.json"
             tok.save(str(tmp))
             os.replace(tmp, self.file)  # atomic: concurrent jobs never read half a file
             log.info("trained a %d-token WordPiece tokenizer on %d texts into %s", tok.get_vocab_size(),
                      len(self.texts), self.file)
+
+
+def _readable_tokenizer(file: Path) -> bool:
+    """Whether a cached tokenizer file is there and whole (a damaged one is trained again, as sources are)."""
+    if not file.is_file():
+        return False
+    from tokenizers import Tokenizer as Backend
+
+    try:
+        Backend.from_file(str(file))
+        return True
+    except Exception:  # noqa: BLE001 - tokenizers raises a bare Exception for any unreadable file
+        return False
+
+
+def _tokenizer_file(file: Path, what: str):
+    """A tokenizer.json as a transformers tokenizer, or an error naming the file."""
+    from transformers import PreTrainedTokenizerFast
+
+    try:
+        return PreTrainedTokenizerFast(tokenizer_file=str(file))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for a damaged file
+        raise ConfigError(f"{what}: '{file}' is not a readable tokenizer.json ({_first_line(e)}); pass a file "
+                          f"written by tokenizer.save() / save_pretrained()") from None
 
 
 def _local_dir(path, key: str) -> Path:
