@@ -120,7 +120,8 @@ def _ingredients_described(ingredients: list[Ingredient]) -> dict:
     def values(key):
         return sorted({str(i.setting(key)) for i in ingredients})
     return {"ingredient_strategies": values("strategy.label"), "ingredient_models": values("model.name"),
-            "ingredient_data": values("data.label")}
+            "ingredient_data": values("data.label"),
+            "ingredient_settings": sorted({runs.setting_digest(i.config) for i in ingredients})}
 
 
 def _log(loggers, fused: Fused, metrics: dict) -> None:

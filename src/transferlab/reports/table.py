@@ -14,13 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transferlab import metrics as names
+from transferlab import runs
 from transferlab.errors import ConfigError
 from transferlab.runs import Run, write_atomic
 
 # Config keys that differ between seeds of the same setting without changing it.
-RUN_SPECIFIC = ("seed", "paths", "hydra", "logger", "ckpt_path", "model.checkpoint", "experiment_name", "runs", "sweep",
-                "config_version", "resume",
-                "optuna_trial", "source.cache_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary")
 SHOWN = names.SHOWN  # report.md
 METRICS = names.COMPARED  # report.csv
 # The key that names each group's choice in a label; other groups are named by their ``kind``.
@@ -70,15 +68,6 @@ class Row:
         return [r.describe("seed") for r in self.runs]
 
 
-def _flatten(node, prefix="") -> dict:
-    if isinstance(node, dict):
-        out = {}
-        for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: json.dumps(node, sort_keys=True, default=str)}
-
-
 def _under(key: str, prefixes) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
@@ -95,8 +84,9 @@ def setting_key(run: Run) -> tuple:
             return "+".join(map(str, values)) if isinstance(values, list) else values
         config["ingredients"] = {"model": joined(m.get("ingredient_models", m.get("model"))),
                                  "data": joined(m.get("ingredient_data", m.get("data"))),
-                                 "strategy": joined(m.get("ingredient_strategies"))}
-    return tuple(sorted((k, v) for k, v in _flatten(config).items() if not _under(k, RUN_SPECIFIC)))
+                                 "strategy": joined(m.get("ingredient_strategies")),
+                                 "settings": joined(m.get("ingredient_settings"))}
+    return runs.setting_items(config)
 
 
 def labels(keys: list[tuple]) -> dict[tuple, str]:

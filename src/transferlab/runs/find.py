@@ -8,6 +8,8 @@ never averaged with anything.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,35 @@ from transferlab.runs.directory import CONFIG, FAILED, METRICS, PRUNED, RunDir
 # Folders inside a run that hold files with run-like names (W&B's files/config.yaml, Hydra's own copy).
 NOT_RUNS = {"wandb", ".hydra", "csv", "checkpoints", "tensorboard", "adapter"}
 STATUSES = ("finished", "pruned", "failed", "incomplete", "damaged")
+
+
+# What differs between runs of one setting (one row of a report): seed, where they ran and wrote.
+RUN_SPECIFIC = ("seed", "paths", "hydra", "logger", "ckpt_path", "model.checkpoint", "experiment_name", "runs", "sweep",
+                "config_version", "resume",
+                "optuna_trial", "source.cache_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary")
+
+
+def _flatten(node, prefix="") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(node, sort_keys=True, default=str)}
+
+
+def _under(key: str, prefixes) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def setting_items(config: dict) -> tuple:
+    """A saved config without seed and run-specific values: runs with equal items share a setting."""
+    return tuple(sorted((k, v) for k, v in _flatten(config).items() if not _under(k, RUN_SPECIFIC)))
+
+
+def setting_digest(config: dict) -> str:
+    """A short name of a run's setting, for what a fused model was made of."""
+    return hashlib.sha256(json.dumps(setting_items(config)).encode()).hexdigest()[:12]
 
 
 def setting(config: dict, key: str, default=None):
