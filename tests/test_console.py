@@ -15,7 +15,7 @@ from conftest import BIN, ONE_THREAD
 QUICK = ["source=none", "logger=csv", "trainer.max_epochs=1", "data.train_per_class=10"]
 # What Lightning and Python print by themselves; none of it belongs on a default console.
 BANNERS = ("GPU available", "TPU available", "LOCAL_RANK", "Tip:", "litlogger", "Seed set to", "PossibleUserWarning",
-           "does not have many workers", "smaller than the logging interval", "Warning:")
+           "does not have many workers", "smaller than the logging interval", "Warning:", "wandb: WARNING")
 HEAVY = ("torch", "timm", "pytorch_lightning", "lightning", "torchvision")
 
 
@@ -54,7 +54,7 @@ def test_a_sweep_prints_one_line_per_job_and_each_train_log_keeps_the_detail(tmp
 @pytest.fixture(scope="module")
 def single_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("single")
-    return cwd, tl("tl-train", *QUICK, cwd=cwd)
+    return cwd, tl("tl-train", *[o for o in QUICK if o != "logger=csv"], cwd=cwd)  # the default loggers, W&B too
 
 
 def test_a_single_run_prints_its_choices_a_progress_bar_its_directory_and_headline_metrics(single_run):
@@ -64,7 +64,7 @@ def test_a_single_run_prints_its_choices_a_progress_bar_its_directory_and_headli
     (run_dir,) = [p.parent for p in cwd.glob("outputs/runs/*/*/metrics.json")]
     lines = result.stdout.splitlines()
     assert re.fullmatch(r"model=test_resnet \(random init\)  data=digits5-9_10shot  strategy=finetune  "
-                        r"optimizer=adamw lr=0\.003 wd=0\.05  scheduler=cosine  epochs=1  seed=42  .*logger=csv",
+                        r"optimizer=adamw lr=0\.003 wd=0\.05  scheduler=cosine  epochs=1  seed=42  .*logger=csv,wandb",
                         lines[0]), lines[0]
     assert "Epoch 0: 100%" in output  # Lightning's bar
     assert f"run directory: {run_dir.resolve()}" in lines or f"run directory: {run_dir}" in lines, output[-2000:]
@@ -82,13 +82,24 @@ def test_verbose_brings_the_banners_back_to_the_console(tmp_path):
     assert "GPU available" in output and "Seed set to 42" in output and "PossibleUserWarning" in output
 
 
+def test_help_names_the_command_its_groups_and_where_to_read_more(capsys, monkeypatch):
+    from transferlab.cli import train
+
+    monkeypatch.setattr("sys.argv", ["tl-train", "--help"])
+    train.main()
+    text = capsys.readouterr().out
+    assert text.startswith("usage: tl-train") and "README.md" in text and "powered by Hydra" not in text
+    assert re.search(r"^  strategy +finetune, gradual, linear_probe, lp_ft", text, re.M)
+    assert "_images" not in text and "_timm" not in text  # the private bases are not choices
+
+
 def imported(stderr: str) -> set[str]:
     """Top-level packages ``PYTHONPROFILEIMPORTTIME=1`` (``-X importtime``) saw imported."""
     return {m.group(1).strip().split(".")[0] for m in re.finditer(r"^import time:[^|]*\|[^|]*\|(.*)$", stderr, re.M)}
 
 
 CONFIG_ONLY = {  # command line -> (exit status, what the output says)
-    "help": (["tl-train", "--help"], 0, "== Configuration groups =="),
+    "help": (["tl-train", "--help"], 0, "config groups (group=option):"),
     "config": (["tl-train", "--cfg", "job"], 0, "strategy:"),
     "misspelt option": (["tl-train", "optimzer.lr=0.1"], 1, "Could not override 'optimzer.lr'"),
     "misspelt choice": (["tl-train", "strategy=lp-ft"], 1, "Could not find 'strategy/lp-ft'"),

@@ -65,9 +65,12 @@ class Wandb(Settings):
         previous = sorted(p for p in (Path(run_dir) / "wandb").glob("*run-*-*") if p.is_dir())
         if previous:  # a resumed run continues its W&B run (``wandb sync`` joins the parts under one id)
             extra.update(id=previous[-1].name.rsplit("-", 1)[1], resume="allow")
-        return WandbLogger(save_dir=str(run_dir), project=self.project, group=self.group, job_type=self.job_type,
-                           name=self.name, tags=list(self.tags), log_model=self.log_model, offline=self.offline,
-                           **extra)
+        logger = WandbLogger(save_dir=str(run_dir), project=self.project, group=self.group, job_type=self.job_type,
+                             name=self.name, tags=list(self.tags), log_model=self.log_model, offline=self.offline,
+                             **extra)
+        # Lightning always passes anonymous=None, and wandb warns on every run that the setting does nothing
+        getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+        return logger
 
 
 @LOGGERS.register("tensorboard")

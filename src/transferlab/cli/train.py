@@ -67,7 +67,34 @@ def task(cfg: DictConfig) -> float | None:
     return metrics.get(cfg.objective)
 
 
+HELP = """usage: tl-train [group=option ...] [key=value ...] [-m]
+
+Trains one run: a source model transferred to a target dataset by a strategy, tested on its best
+checkpoint, written to outputs/runs/<experiment>/<time>/. With -m, a sweep over comma-separated
+values (then a report). No arguments: the default experiment (digits 0-4 -> few-shot digits 5-9).
+
+config groups (group=option):
+{groups}
+
+  tl-train strategy=linear_probe optimizer.lr=0.01     one run with another strategy and rate
+  tl-train -m strategy=finetune,lp_ft seed=1,2,3       a sweep over strategies and seeds, then its report
+  tl-train --cfg job                                   the composed config, every key commented in conf/
+more: README.md (the commands, the groups, the run directory); Hydra's own flags: tl-train --hydra-help"""
+
+
+def _groups() -> str:
+    """The choices a user can pick: conf/<group>/<option>.yaml, without the private bases (_*.yaml)."""
+    rows = []
+    for group in sorted(p for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra"):
+        options = sorted(f.stem for f in group.glob("*.yaml") if not f.name.startswith("_"))
+        rows.append(f"  {group.name:<15} {', '.join(options)}")
+    return "\n".join(rows)
+
+
 def main() -> None:
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(HELP.format(groups=_groups()))
+        return
     task()
 
 
