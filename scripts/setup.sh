@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv (if missing) and installs transferlab with its test extras. Sourced by demo.sh and test.sh.
+# Creates .venv (if missing) and installs the locked environment (requirements-lock.txt: the versions the
+# README's figures were measured with), then transferlab itself. Sourced by demo.sh and test.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
@@ -8,8 +9,9 @@ if [ ! -x .venv/bin/python ]; then
   .venv/bin/python -m pip install -q --upgrade pip
 fi
 stamp=.venv/.transferlab-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install -q -e ".[dev]"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements-lock.txt -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q -r requirements-lock.txt
+  .venv/bin/python -m pip install -q --no-deps -e .
   touch "$stamp"
 fi
 export PATH="$PWD/.venv/bin:$PATH"
