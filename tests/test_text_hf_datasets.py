@@ -10,7 +10,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import BIN, ONE_THREAD, REPO, compose
+from conftest import BIN, ONE_THREAD, compose
 from test_text import CORPUS
 
 # datasets' builders write arrow caches: a private one, set before datasets is imported.
@@ -132,7 +132,7 @@ def processes(tmp_path_factory):
     envs = {"unreachable": {**online, "HF_ENDPOINT": "http://127.0.0.1:9"}}  # port 9 (discard): refused at once
 
     def run(case):
-        return subprocess.run(commands[case], cwd=REPO, capture_output=True, text=True, timeout=300,
+        return subprocess.run(commands[case], cwd=root, capture_output=True, text=True, timeout=300,
                               env={**envs.get(case, os.environ), **ONE_THREAD})
 
     with ThreadPoolExecutor(3) as pool:

@@ -104,13 +104,12 @@ def _composed(overrides: list[str], config_name: str):
 
 def train(*overrides, run_dir=None, callbacks=()) -> Result:
     """``tl-train overrides...`` in this process: one run (prepare, fit, test the best checkpoint)."""
-
-    from transferlab import run
-    from transferlab.plan import resolve
-
     task, hydra = _composed(_flat(overrides), "train")
     folder = _run_dir(hydra, run_dir)
-    with _isolated(folder, "train"):
+    with _isolated(folder, "train"):  # imports inside: a library drawing from `random` on import counts too
+        from transferlab import run
+        from transferlab.plan import resolve
+
         plan = resolve(task, {"paths.run_dir": folder})
         metrics = run.train(plan, tuple(callbacks))
     return Result(Path(plan.run_dir), metrics)
@@ -135,15 +134,15 @@ def evaluation_plan(cfg, loaded):
 
 def evaluate(ckpt_path, *overrides, run_dir=None) -> Result:
     """``tl-eval ckpt_path=... overrides...``: test a checkpoint (every task of it) on its data or another."""
-
-    from transferlab import run
     from transferlab.config import set_value
-    from transferlab.models import from_checkpoint
 
     task, hydra = _composed([f"ckpt_path={ckpt_path}", *_flat(overrides)], "eval")
     folder = _run_dir(hydra, run_dir)
     set_value(task, "paths.run_dir", folder)
     with _isolated(folder, "eval"):
+        from transferlab import run
+        from transferlab.models import from_checkpoint
+
         loaded = from_checkpoint(ckpt_path)
         metrics = run.evaluate(evaluation_plan(task, loaded), loaded)
     return Result(Path(folder), metrics)
@@ -153,13 +152,14 @@ def fuse(*overrides, run_dir=None) -> Result:
     """``tl-fuse method=... runs=[...]``: fuse finished runs into one model, no training."""
 
     from transferlab.config import set_value
-    from transferlab.fusion.act import fuse as act
 
     given = [f"fusion={o.split('=', 1)[1]}" if o.startswith("method=") else o for o in _flat(overrides)]
     task, hydra = _composed(given, "fuse")
     folder = _run_dir(hydra, run_dir)
     set_value(task, "paths.run_dir", folder)
     with _isolated(folder, "fuse"):
+        from transferlab.fusion.act import fuse as act
+
         metrics = act(task)
     return Result(Path(folder), metrics)
 
