@@ -68,10 +68,6 @@ class Row:
         return [r.describe("seed") for r in self.runs]
 
 
-def _under(key: str, prefixes) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in prefixes)
-
-
 def setting_key(run: Run) -> tuple:
     """The run's config without seed and run-specific values: equal keys = same row. A fused model's
     config says how it was fused; what it was fused from (its ingredients' model, data and strategy)
@@ -172,7 +168,7 @@ def select(rows: list[Row], metric: str) -> list[Row]:
     families: dict[tuple, list[Row]] = {}
     keys = tuned()
     for row in rows:
-        families.setdefault(tuple(kv for kv in row.key if not _under(kv[0], keys)), []).append(row)
+        families.setdefault(tuple(kv for kv in row.key if not runs.under(kv[0], keys)), []).append(row)
     family_label = labels(sorted(families))
     chosen = []
     for family, tried in families.items():
@@ -181,7 +177,7 @@ def select(rows: list[Row], metric: str) -> list[Row]:
             raise ConfigError(f"select_by={metric}: no finished run of '{tried[0].label}' recorded {metric} in "
                               f"its metrics.json; choose a metric the runs have, e.g. {names.BEST}")
         best = min(scored, key=lambda r: (-r.mean(metric), r.label))
-        differing = sorted({k for r in tried for k, v in r.key if _under(k, keys) and
+        differing = sorted({k for r in tried for k, v in r.key if runs.under(k, keys) and
                             len({dict(t.key).get(k) for t in tried}) > 1})
         values = ", ".join(f"{k}={json.loads(dict(best.key)[k])}" for k in differing if k in dict(best.key))
         chosen.append(Row(family_label[family], best.runs, key=best.key, chosen=values or "(only one setting)",

@@ -8,11 +8,11 @@ from transferlab.runs.directory import (BEST, CANDIDATES, CHECKPOINTS, CONFIG, E
                                         register_resolvers, resume_command)
 from transferlab.runs.files import strict_json, write_atomic, write_json, write_yaml
 from transferlab.runs.find import (RUN_SPECIFIC, STATUSES, Run, check_sweep, find_runs, read_history, read_run,
-                                  setting, setting_digest, setting_items)
+                                  setting, setting_digest, setting_items, under)
 from transferlab.runs.saved import (VERSION, absolute_paths, check_saved, read_config, require_complete, upgrade,
                                    upgrade_tasks)
 
-__all__ = ["RUN_SPECIFIC", "setting_digest", "setting_items", "BEST", "CANDIDATES", "CHECKPOINTS", "CONFIG", "ENV", "FAILED", "LAST", "METRICS", "PRUNED", "RECORD", "STATUSES",
+__all__ = ["BEST", "CANDIDATES", "CHECKPOINTS", "CONFIG", "ENV", "FAILED", "LAST", "METRICS", "PRUNED", "RECORD", "RUN_SPECIFIC", "STATUSES",
            "VERSION", "Run", "RunDir", "absolute_paths", "adopt", "check_saved", "check_sweep", "claim", "find_runs", "forget_claims", "free_name",
-           "read_config", "read_history", "read_run", "refuse_interpolation", "register_resolvers", "require_complete", "resume_command", "setting",
-           "strict_json", "upgrade", "upgrade_tasks", "write_atomic", "write_json", "write_yaml"]
+           "read_config", "read_history", "read_run", "refuse_interpolation", "register_resolvers", "require_complete", "resume_command", "setting", "setting_digest", "setting_items",
+           "strict_json", "under", "upgrade", "upgrade_tasks", "write_atomic", "write_json", "write_yaml"]

@@ -37,13 +37,14 @@ def _flatten(node, prefix="") -> dict:
     return {prefix[:-1]: json.dumps(node, sort_keys=True, default=str)}
 
 
-def _under(key: str, prefixes) -> bool:
+def under(key: str, prefixes) -> bool:
+    """``key`` is one of the dotted ``prefixes`` or inside one."""
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
 def setting_items(config: dict) -> tuple:
     """A saved config without seed and run-specific values: runs with equal items share a setting."""
-    return tuple(sorted((k, v) for k, v in _flatten(config).items() if not _under(k, RUN_SPECIFIC)))
+    return tuple(sorted((k, v) for k, v in _flatten(config).items() if not under(k, RUN_SPECIFIC)))
 
 
 def setting_digest(config: dict) -> str:
