@@ -196,3 +196,18 @@ def test_a_special_token_id_outside_the_vocabulary_is_refused_by_key(tmp_path):
         text_step(tmp_path, "+model.config.pad_token_id=5000")
     with pytest.raises(ConfigError, match=r"model.config \(model_type=funnel\) is not a valid transformers config"):
         text_step(tmp_path / "b", "model.config.model_type=funnel")
+
+
+def test_a_model_of_several_parts_is_refused_before_it_is_built(tmp_path):
+    # UltraVBERT's sizes would reach neither its text nor its vision part: built, it needed over 20 GB
+    with pytest.raises(ConfigError, match=r"model_type=ultravbert\) is a model of several parts \(text_config, "
+                                          r"vision_config\)"):
+        text_step(tmp_path, "model.config.model_type=ultravbert")
+
+
+def test_a_model_with_language_adapters_is_refused_until_its_language_is_set(tmp_path):
+    # X-MOD routes each batch through one language's adapters: without one set it fails in the first step
+    with pytest.raises(ConfigError, match=r"model_type=xmod\) needs .* \+model.config.default_language to one of "
+                                          r"\['en_XX'\]"):
+        text_step(tmp_path, "model.config.model_type=xmod")
+    check_trained(*text_step(tmp_path / "b", "model.config.model_type=xmod", "+model.config.default_language=en_XX"))

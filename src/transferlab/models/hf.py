@@ -116,6 +116,17 @@ class HfFamily(Family):
             config = AutoConfig.for_model(model_type, **spec)
         except Exception as e:  # noqa: BLE001 - transformers' own validators raise their own classes
             raise ConfigError(f"{what} is not a valid transformers config: {_first_line(e)}") from None
+        parts = [k for k in getattr(config, "sub_configs", {}) if getattr(config, k, None) is not None]
+        if parts:
+            # the sizes given here would reach neither part, which would be built at full size (UltraVBERT:
+            # a vision tower of billions of parameters, tens of GB before the first step)
+            raise ConfigError(f"{what} is a model of several parts ({', '.join(parts)}); "
+                              f"model.config builds a text encoder of one part: set model.config.model_type to "
+                              f"a text encoder (bert, roberta, modernbert …)")
+        if getattr(config, "languages", None) and getattr(config, "default_language", "") is None:
+            # X-MOD routes every batch through one language's adapters and cannot guess which
+            raise ConfigError(f"{what} needs the language its adapters serve: set +model.config.default_language "
+                              f"to one of {list(config.languages)}")
         tokenizer = self.load_tokenizer()
         for key in _SPECIAL_IDS:
             own = getattr(tokenizer, key, None)
