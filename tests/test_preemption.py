@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -32,12 +33,18 @@ pytestmark = pytest.mark.slow
 RUN = ["source=none", "logger=csv", "trainer.max_epochs=6", "data.batch_size=5", "data.train_per_class=50",
        "data.num_workers=0", "trainer.enable_progress_bar=false"]
 SAME = (*COMPARED, "test/loss", "val/acc_best", "epochs")
+_DEFAULT_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                   "os.execv(sys.argv[1], sys.argv[1:])")
 
 
 def interrupt(run_dir: Path, sig: signal.Signals, cwd: Path, args=RUN, after: float = 1.0) -> tuple[int, str, int]:
     """Start ``tl-train args`` into ``run_dir``, send ``sig`` ``after`` seconds after its first last.ckpt
     appeared; (exit code, stderr, the epoch last.ckpt held when the signal was sent)."""
-    proc = subprocess.Popen([str(BIN / "tl-train"), *args, f"hydra.run.dir='{run_dir}'"], cwd=cwd, text=True,
+    # a terminal delivers Ctrl-C to a process whose SIGINT is at its default; a suite started in the
+    # background (nohup, `cmd &`, a CI runner) hands its children SIGINT ignored, and an ignored signal
+    # stays ignored across exec: restore the default before tl-train starts
+    proc = subprocess.Popen([sys.executable, "-c", _DEFAULT_SIGINT, str(BIN / "tl-train"), *args,
+                             f"hydra.run.dir='{run_dir}'"], cwd=cwd, text=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
                             env={**os.environ, **ONE_THREAD})
     last = run_dir / "checkpoints" / "last.ckpt"
