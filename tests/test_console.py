@@ -51,6 +51,26 @@ def test_a_sweep_prints_one_line_per_job_and_each_train_log_keeps_the_detail(tmp
         assert detail in first, first[-3000:]
 
 
+def test_time_left_counts_each_job_still_to_run_at_the_pace_of_its_own_kind():
+    from omegaconf import OmegaConf
+
+    from transferlab.cli.callbacks import JobClock, _kind, _sweep_shape
+
+    # experiment=compare's order: seed first, so every strategy runs once before any repeats
+    config = OmegaConf.create({"hydra": {
+        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                    "params": {"seed": "1,2", "strategy": "linear_probe,multitask"}},
+        "overrides": {"task": ["trainer.enable_progress_bar=false", "+optimizer.lr=0.1,0.2"]}}})
+    total, swept, kinds = _sweep_shape(config)
+    assert (total, swept) == (8, {"seed", "strategy", "optimizer.lr"})
+    clock = JobClock(kinds)
+    clock.finished(_kind(["seed=1", "strategy=linear_probe", "+optimizer.lr=0.1"]), 5.0)
+    assert clock.left() == 7 * 5.0  # no other kind seen yet: every job at the pace so far
+    clock.finished(_kind(["seed=1", "strategy=multitask", "+optimizer.lr=0.1"]), 55.0)
+    assert clock.left() == 5.0 + 55.0 + 4 * 30.0  # one of each seen kind, four jobs of unseen kinds at the mean
+    assert JobClock(None).left() is None  # a sweeper that decides as it goes (Optuna): no kinds to go by
+
+
 @pytest.fixture(scope="module")
 def single_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("single")

@@ -4,8 +4,10 @@ start acts (fusion, report) and never reach below what those offer.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 
 from hydra.core.utils import JobStatus
@@ -200,11 +202,13 @@ class SweepLines(Callback):
 
     def __init__(self):
         self.total, self.swept, self.start, self.done, self.job_start = None, None, None, 0, None
+        self.clock = JobClock()
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         if not console.rank_zero():
             return
-        self.total, self.swept = _sweep_shape(config)
+        self.total, self.swept, kinds = _sweep_shape(config)
+        self.clock = JobClock(kinds)
         self.start = time.perf_counter()
         jobs = f"{self.total} jobs" if self.total else "jobs"
         console.show("sweep: %s into %s (each job's detail in <job dir>/%s.log)", jobs, config.hydra.sweep.dir,
@@ -220,13 +224,15 @@ class SweepLines(Callback):
         seconds = time.perf_counter() - (self.job_start or time.perf_counter())
         self.done += 1
         run_dir = Path(str(OmegaConf.select(config, "paths.run_dir", default=config.hydra.runtime.output_dir)))
-        overrides = [o for o in config.hydra.overrides.task
-                     if self.swept is None or o.split("=", 1)[0].lstrip("+~") in self.swept]
+        overrides = [o for o in config.hydra.overrides.task if self.swept is None or _key(o) in self.swept]
         number = config.hydra.job.num + 1
+        self.clock.finished(_kind(overrides), seconds)
         left = ""
         if self.total and self.done < self.total:
-            per_job = (time.perf_counter() - self.start) / self.done
-            left = f", about {console.duration(per_job * (self.total - self.done))} left"
+            seconds_left = self.clock.left()
+            if seconds_left is None:  # a sweeper that decides as it goes: its jobs so far, on average
+                seconds_left = (time.perf_counter() - self.start) / self.done * (self.total - self.done)
+            left = f", about {console.duration(seconds_left)} left"
         console.show("[%s] %s  %s  (%s%s)", f"{number}/{self.total}" if self.total else number, " ".join(overrides),
                      _outcome(run_dir, job_return), console.duration(seconds), left)
 
@@ -245,8 +251,41 @@ def _outcome(run_dir: Path, job_return) -> str:
     return "no metrics.json (stopped)"
 
 
-def _sweep_shape(config: DictConfig) -> tuple[int | None, set[str] | None]:
-    """How many jobs the sweep runs (None when its sweeper decides as it goes) and which keys it varies."""
+# A sweep key that repeats a setting rather than making another kind of job: its jobs take alike long.
+REPEATS = ("seed",)
+
+
+def _kind(overrides) -> tuple[str, ...]:
+    """What a job is, for timing: its overrides but the repeats, in one order."""
+    return tuple(sorted(o.lstrip("+~") for o in overrides if _key(o) not in REPEATS))
+
+
+class JobClock:
+    """Time left in a sweep, from the kinds of jobs still to run: a multitask job that took a minute
+    predicts the other multitask jobs, not the 5-second linear probes (``kinds``: every job's kind, as
+    many times as it runs; None when the sweeper decides its jobs as it goes)."""
+
+    def __init__(self, kinds: list[tuple[str, ...]] | None = None):
+        self.pending = None if kinds is None else Counter(kinds)
+        self.seconds: dict[tuple[str, ...], list[float]] = {}
+
+    def finished(self, kind: tuple[str, ...], seconds: float) -> None:
+        self.seconds.setdefault(kind, []).append(seconds)
+        if self.pending and self.pending[kind] > 0:
+            self.pending[kind] -= 1
+
+    def left(self) -> float | None:
+        """Each pending job at the mean of its kind, or of every job so far for a kind not yet seen."""
+        if self.pending is None or not self.seconds:
+            return None
+        done = [s for times in self.seconds.values() for s in times]
+        mean = {kind: sum(times) / len(times) for kind, times in self.seconds.items()}
+        return sum(n * mean.get(kind, sum(done) / len(done)) for kind, n in self.pending.items())
+
+
+def _sweep_shape(config: DictConfig) -> tuple[int | None, set[str] | None, list[tuple[str, ...]] | None]:
+    """How many jobs the sweep runs and the kind of each (None when its sweeper decides as it goes), and
+    which keys it varies."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     sweeper = config.hydra.sweeper
@@ -254,14 +293,12 @@ def _sweep_shape(config: DictConfig) -> tuple[int | None, set[str] | None]:
     try:
         parsed = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
     except Exception:  # noqa: BLE001 - a sweeper syntax of its own: show every override
-        return sweeper.get("n_trials"), None
+        return sweeper.get("n_trials"), None, None
     last = {o.key_or_group: o for o in parsed}  # a key given again (the command line after params) wins
     swept = {key for key, o in last.items() if o.is_sweep_override()}
     if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
-        return sweeper.get("n_trials"), swept
-    total = 1
-    for o in last.values():
-        if o.is_discrete_sweep():
-            total *= len(list(o.sweep_string_iterator()))
-    return total, swept
-
+        return sweeper.get("n_trials"), swept, None
+    axes = [[f"{o.get_key_element()}={value}" for value in o.sweep_string_iterator()] for o in last.values()
+            if o.is_discrete_sweep()]  # spelt as Hydra spells each job's overrides
+    kinds = [_kind(job) for job in itertools.product(*axes)]
+    return len(kinds), swept, kinds
