@@ -57,7 +57,7 @@ def _isolated(run_dir: Path | None, log_name: str):
     level = root.level
     if run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(Path(run_dir) / f"{log_name}.log")
+        handler = logging.FileHandler(runs.RunDir(run_dir).log(log_name))
         handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
         root.addHandler(handler)
         root.setLevel(min(level, logging.INFO) if level else logging.INFO)

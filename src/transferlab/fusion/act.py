@@ -1,10 +1,11 @@
 """``tl-fuse``: one fusion over finished runs, an ordinary act on the run path.
 
-``fuse(cfg)`` checks the config (the method's own settings), takes its output directory, reads the
-ingredients and checks they can be combined, rebuilds the reference run's model from its checkpoint,
-scores every candidate through the run path's test loop, and leaves a run directory that the report
-reads as a row: config.yaml, candidates.csv, checkpoints/fused.ckpt (an ordinary checkpoint for
-tl-eval), fusion.png, its loggers' runs and, last, metrics.json.
+``fuse(cfg)`` checks the config (the method's own settings), reads the ingredients and checks they can be
+combined, rebuilds the reference run's model from its checkpoint, takes its directory as every run does
+(``run.prepare``: refused when it holds a run, before anything is written), scores every candidate
+through the run path's test loop, and leaves a run directory that the report reads as a row:
+config.yaml, candidates.csv, checkpoints/fused.ckpt (written by the scoring Trainer, an ordinary
+checkpoint for tl-eval), fusion.png, its loggers' runs and, last, metrics.json.
 """
 from __future__ import annotations
 
@@ -54,12 +55,10 @@ def fuse(cfg: DictConfig) -> dict:
     """Run one fusion into ``cfg.paths.run_dir``; returns metrics.json's content."""
     method = check(cfg)
     out = Path(cfg.paths.run_dir)
-    runs.claim(out)
     import pytorch_lightning as pl
     import torch
 
     from transferlab import run
-    from transferlab.checkpoints import StreamingCheckpointIO
     from transferlab.config import to_plain
     from transferlab.fusion.base import check_compatible
     from transferlab.fusion.evaluate import Evaluator
@@ -77,6 +76,7 @@ def fuse(cfg: DictConfig) -> dict:
     if cfg.get("eval_sets") is not None:
         overrides["eval_sets"] = OmegaConf.to_container(cfg.eval_sets, resolve=False)
     plan = resolve(OmegaConf.create(loaded.config), overrides)
+    run.prepare(plan, steps=False)  # the model is the checkpoints': nothing to train first
     record = to_plain(cfg)
     record["runs"] = [str(i.dir) for i in ingredients]  # the plan: exactly which runs went in
     with run.session(out, parse_loggers(cfg.get("logger")), record) as loggers:
@@ -93,18 +93,16 @@ def fuse(cfg: DictConfig) -> dict:
                    "fuse_seconds": round(seconds, 3), "fused_checkpoint": None,
                    **_ingredients_described(ingredients)}
         runs.write_atomic(out / runs.CANDIDATES, _candidates_csv(fused))
-        if fused.state is not None:
-            path = runs.RunDir(out).checkpoints / "fused.ckpt"
+        if fused.state is not None:  # written by the Trainer that scored it, as a run's checkpoints are
+            path = runs.RunDir(out).fused
             module = score.module
             score.load(fused.state)
             module.val_acc_best = torch.tensor(float(metrics[names.BEST]))
-            hparams = dict(module.hparams, config=scrub(to_plain(plan.config)),
-                           fusion={"method": method.kind, "chosen": chosen.name, "alpha": chosen.alpha,
-                                   "members": chosen.members})
-            StreamingCheckpointIO().save_checkpoint({"state_dict": module.state_dict(), "hyper_parameters": hparams,
-                                                     "pytorch-lightning_version": pl.__version__}, path)
+            module.hparams.update(config=scrub(to_plain(plan.config)), fusion={
+                "method": method.kind, "chosen": chosen.name, "alpha": chosen.alpha, "members": chosen.members})
+            score.trainer.save_checkpoint(path, weights_only=True)
             metrics["fused_checkpoint"] = str(path)
-        _plot(fused, method.select_by, out / "fusion.png")
+        _plot(fused, method, runs.RunDir(out).fusion_figure)
         _log(loggers, fused, metrics)
         runs.RunDir(out).write_metrics(metrics)
     return metrics
@@ -162,19 +160,18 @@ def _candidates_csv(fused: Fused) -> str:
     return buf.getvalue()
 
 
-def _plot(fused: Fused, select_by: str, path: Path) -> None:
+def _plot(fused: Fused, method, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    candidates = fused.candidates
-    along_alpha = all(c.alpha is not None for c in candidates)  # wise_ft; soups and ensembles: one per candidate
+    candidates, along_alpha = fused.candidates, method.along_alpha  # wise_ft; soups and ensembles: one per candidate
     x = [c.alpha for c in candidates] if along_alpha else list(range(len(candidates)))
     fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
     for metric in names.accuracies(_columns(fused)):
         ax.plot(x, [c.metrics.get(metric, float("nan")) for c in candidates], marker="o", label=metric)
-    ax.axvline(x[fused.chosen], color="grey", linestyle="--", label=f"chosen on {select_by}")
+    ax.axvline(x[fused.chosen], color="grey", linestyle="--", label=f"chosen on {method.select_by}")
     if along_alpha:
         ax.set_xlabel("α  (0 = runs[0], 1 = runs[1])")
     else:

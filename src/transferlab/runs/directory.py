@@ -18,8 +18,11 @@ from transferlab.runs import files, saved
 CONFIG, METRICS, FAILED, PRUNED, ENV = "config.yaml", "metrics.json", "failed.json", "pruned.json", "env.json"
 CHECKPOINTS, BEST, LAST = "checkpoints", "best.ckpt", "last.ckpt"
 CANDIDATES = "candidates.csv"  # a fusion's every candidate model and its scores
+FUSED, FUSION_FIGURE = "fused.ckpt", "fusion.png"  # a fusion's weights (in checkpoints/) and its candidates' curve
+FEATURES = "features"  # backbone features of a run that keeps them with itself (no shared cache)
 RECORD = ".hydra"  # Hydra's record of the command line (written by the run-directory guard)
-LOGS = ("train.log", "eval.log", "fuse.log")
+COMMANDS = ("train", "eval", "fuse")  # each writes <command>.log
+LOGS = tuple(f"{command}.log" for command in COMMANDS)
 # What marks a folder as (part of) a run: a new run never writes where any of these is.
 MARKS = (CONFIG, METRICS, FAILED, PRUNED, ENV, CHECKPOINTS, RECORD, *LOGS)
 
@@ -40,6 +43,24 @@ class RunDir:
     @property
     def last(self) -> Path:
         return self.checkpoints / LAST
+
+    @property
+    def fused(self) -> Path:
+        return self.checkpoints / FUSED
+
+    @property
+    def fusion_figure(self) -> Path:
+        return self.path / FUSION_FIGURE
+
+    @property
+    def features(self) -> Path:
+        return self.path / FEATURES
+
+    def log(self, command: str) -> Path:
+        """Where ``command`` (train, eval, fuse) keeps every log record of the run."""
+        if command not in COMMANDS:
+            raise ValueError(f"no log for command '{command}'; valid: {', '.join(COMMANDS)}")
+        return self.path / f"{command}.log"
 
     def file(self, name: str) -> Path:
         return self.path / name
