@@ -118,7 +118,7 @@ def test_a_study_refuses_a_search_for_another_objective(tmp_path, capfd):
 
     assert optuna.load_study(study_name="shared", storage=url).user_attrs["objective"] == "val/acc_best"
     capfd.readouterr()
-    assert search(tmp_path, "hydra.sweeper.n_trials=2", "objective=val/loss", *storage, name="b") == 1
+    assert search(tmp_path, "hydra.sweeper.n_trials=2", "objective=val/loss", *storage, name="b") == 2
     err = capfd.readouterr().err
     (line,) = errors(err)
     assert "objective=val/acc_best" in line and "objective=val/loss" in line and "'shared'" in line, line
@@ -133,7 +133,7 @@ def test_a_test_metric_objective_is_refused_with_the_projects_selection_wording(
 
     with pytest.raises(ConfigError) as refusal:
         check_selection("test/acc", "objective")
-    assert search(tmp_path, "objective=test/acc", "hydra.sweeper.n_trials=1") == 1
+    assert search(tmp_path, "objective=test/acc", "hydra.sweeper.n_trials=1") == 2
     err = capfd.readouterr().err
     assert errors(err) == [f"error: {refusal.value}"] and "Traceback" not in err
     assert not list(tmp_path.rglob("metrics.json")) and not list(tmp_path.rglob("optuna.db"))
@@ -163,7 +163,7 @@ def test_a_grid_smaller_than_n_trials_ends_cleanly_with_its_report(tmp_path, cap
 
 def test_a_storage_folder_that_cannot_be_created_is_one_error_line(tmp_path, capfd):
     url = "sqlite:////proc/nope/s.db"  # /proc takes no new folder, whoever runs the test
-    assert search(tmp_path, "hydra.sweeper.n_trials=1", f"hydra.sweeper.storage={url}") == 1
+    assert search(tmp_path, "hydra.sweeper.n_trials=1", f"hydra.sweeper.storage={url}") == 2
     err = capfd.readouterr().err
     (line,) = errors(err)
     assert url in line and "/proc/nope" in line and "cannot be created" in line, line
@@ -179,7 +179,7 @@ def test_a_key_searched_with_another_kind_of_distribution_is_refused_before_any_
     url, storage = shared(tmp_path, "lr")
     assert search(tmp_path, "hydra.sweeper.n_trials=1", "optimizer.lr=choice(0.001,0.01)", *storage, name="a") == 0
     capfd.readouterr()
-    assert search(tmp_path, "hydra.sweeper.n_trials=2", "optimizer.lr=interval(0.001,0.01)", *storage, name="b") == 1
+    assert search(tmp_path, "hydra.sweeper.n_trials=2", "optimizer.lr=interval(0.001,0.01)", *storage, name="b") == 2
     err = capfd.readouterr().err
     (line,) = errors(err)
     assert "optimizer.lr" in line and "'lr'" in line, line
@@ -210,7 +210,7 @@ def test_a_clash_met_while_building_a_trial_is_refused_and_the_trial_told_failed
     code = search(tmp_path, "hydra.sweeper.n_trials=2", "optimizer.lr=interval(0.001,0.01)", *storage)
     err = capfd.readouterr().err
     assert len(checked) == 2, "the patched check was not the sweeper's"
-    assert code == 1
+    assert code == 2
     (line,) = errors(err)
     assert "optimizer.lr" in line and "CategoricalDistribution" in line and "FloatDistribution" in line, line
     assert "Traceback" not in err
@@ -221,10 +221,24 @@ def test_a_clash_met_while_building_a_trial_is_refused_and_the_trial_told_failed
 # An objective the runs do not report
 # ---------------------------------------------------------------------------------------------------
 
+def test_a_key_no_setting_reads_is_refused_before_any_trial_and_never_tuned(tmp_path, capfd):
+    """``+optimizer.lrr`` (a typo) is read by nothing: tuning it would report importances for noise. The
+    search resolves one trial's config first, as tl-train will, and stops there."""
+    code = search(tmp_path, "+optimizer.lrr=interval(0.001,0.01)", "hydra.sweeper.n_trials=3")
+    err = capfd.readouterr().err
+    assert code == 2, err[-3000:]
+    (line,) = errors(err)
+    assert "optimizer.lrr is not a setting" in line and "lr" in line.split("its settings are:")[1], line
+    assert "Traceback" not in err
+    sweep = tmp_path / "s"
+    assert not list(sweep.rglob("metrics.json")) and not list(sweep.rglob("config.yaml"))  # no trial ran
+    assert not (sweep / "optuna.db").exists()  # refused before the study was created
+
+
 def test_an_objective_missing_from_metrics_stops_the_search_after_the_first_trial(tmp_path, capfd):
     code = search(tmp_path, "objective=val/f1", "hydra.sweeper.n_trials=3", "hydra/sweeper/sampler=random")
     err = capfd.readouterr().err
-    assert code == 1, err[-3000:]
+    assert code == 2, err[-3000:]  # the objective is the user's to change, as every refusal
     (line,) = errors(err)
     assert "objective=val/f1" in line and "val/acc_best" in line and "test/acc" in line, line  # keys it reported
     assert "the job returned None" not in err and "Traceback" not in err
@@ -264,7 +278,7 @@ def test_a_postgres_storage_password_never_reaches_the_console_or_a_file(tmp_pat
     url = f"postgresql://user:{secret}@127.0.0.1:1/db"
     result = cli("tl-train", *TINY, f"paths.output_dir={tmp_path}", "hydra.sweeper.n_trials=1",
                  f"hydra.sweeper.storage={url}", cwd=tmp_path, env=ONE_THREAD)
-    assert result.returncode == 1
+    assert result.returncode == 2
     (line,) = errors(result.stderr)
     assert "postgresql://user:***@127.0.0.1:1/db" in line, line
     assert secret not in result.stdout + result.stderr

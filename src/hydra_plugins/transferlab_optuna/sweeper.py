@@ -23,7 +23,7 @@ from hydra.core.override_parser.types import Transformer
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,12 @@ HISTORY = "optimization_history.png"
 
 
 class SweepError(Exception):
-    """What the user must change or know: printed as one ``error: ...`` paragraph, exit status 1."""
+    """What the user must change or know: printed as one ``error: ...`` paragraph. Exit status 2 for a
+    setting the user must change (as every command's refusals), 1 for a search that ran and failed."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _distribution(override):
@@ -149,6 +154,11 @@ def _clashes(study, space: dict) -> str | None:
     return None
 
 
+def _first(distribution):
+    """One value of a distribution: its low end, or its first choice."""
+    return distribution.choices[0] if hasattr(distribution, "choices") else distribution.low
+
+
 def _text(value) -> str:
     """A sampled value as Hydra override text."""
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
@@ -212,7 +222,7 @@ class OptunaSweeper(Sweeper):
             self._sweep(arguments)
         except SweepError as e:
             print(e, file=sys.stderr)
-            sys.exit(1)
+            sys.exit(e.exit_code)
 
     def _sweep(self, arguments: list[str]) -> None:
         import optuna
@@ -228,6 +238,7 @@ class OptunaSweeper(Sweeper):
         except ConfigError as e:
             raise SweepError(f"error: {e}") from None
         space, fixed = search_space(self.params, arguments)
+        self._check_config(space, fixed)
         sampler = _grid_sampler(self.sampler, space) if isinstance(self.sampler, functools.partial) else self.sampler
         sweep_dir = Path(self.config.hydra.sweep.dir)
         url = studies.absolute(self.storage or f"sqlite:///{sweep_dir / 'optuna.db'}")
@@ -273,6 +284,31 @@ class OptunaSweeper(Sweeper):
                  type(sampler).__name__, ", ".join(space) or "nothing")
         self._search(study, storage, space, fixed, url)
         self._summarise(study, url, sweep_dir)
+
+    def _check_config(self, space: dict, fixed: dict) -> None:
+        """A trial's config at one point of the space, resolved as tl-train resolves each job (a pure step:
+        nothing is written or trained): a key no setting reads (``+optimizer.lrr=...``) or a value its group
+        refuses stops the search before the first trial, instead of failing every trial alike."""
+        from hydra.core.hydra_config import HydraConfig
+
+        from transferlab.errors import TransferlabError
+        from transferlab.plan import resolve
+
+        point = [f"{k}={_text(_first(d))}" for k, d in space.items()]
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, [*fixed.values(), *point])
+        with open_dict(cfg):  # as the launcher and Hydra's run_job make a job's config
+            cfg.hydra.job.id, cfg.hydra.job.num = "check", 0
+            cfg.hydra.runtime.output_dir = str(Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir))
+        outer = HydraConfig.instance().cfg
+        HydraConfig.instance().set_config(cfg)  # ${hydra:...} as a job sees it
+        task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        try:
+            resolve(task)
+        except TransferlabError as e:
+            at = f" (a trial's config at {' '.join(point)})" if point else ""
+            raise SweepError(f"error: {e}{at}") from None
+        finally:
+            HydraConfig.instance().cfg = outer
 
     def _check(self) -> None:
         if self.direction not in ("maximize", "minimize"):
@@ -348,7 +384,7 @@ class OptunaSweeper(Sweeper):
                 raise
             missing = next((m for m in missing if m), None)
             if missing:  # every other trial would train in vain
-                self._summarise(study, url, sweep_dir, stop=missing)
+                self._summarise(study, url, sweep_dir, stop=missing, exit_code=2)  # the objective is the user's
 
     def _within_budget(self, study, asked: list) -> list:
         """Sweepers that ask at the same moment could overshoot ``n_trials``: the lowest-numbered trials
@@ -421,7 +457,7 @@ class OptunaSweeper(Sweeper):
         log.warning("trial %d failed: %s", trial.number, reason)
         return None
 
-    def _summarise(self, study, url: str, sweep_dir: Path, stop: str | None = None) -> None:
+    def _summarise(self, study, url: str, sweep_dir: Path, stop: str | None = None, exit_code: int = 1) -> None:
         """``optimization_results.yaml`` and the history plot, for the report. Without a complete trial
         (or past ``max_failure_rate``) the report is written all the same, then the search ends in error."""
         import optuna
@@ -450,7 +486,7 @@ class OptunaSweeper(Sweeper):
         if stop:
             self.hydra_context.callbacks.on_multirun_end(config=self.config)  # the report lists the failures
             raise SweepError(f"error: Optuna study '{study.study_name}' stopped: {stop}; the report in "
-                             f"{sweep_dir} lists each failure and its reason")
+                             f"{sweep_dir} lists each failure and its reason", exit_code)
 
 
 def _failure(ret) -> str | None:
