@@ -52,6 +52,24 @@ def test_an_empty_null_or_nan_text_label_is_refused_naming_file_line_and_column(
     assert f"{path}: line {line}" in message and "column 'label'" in message and shown in message, message
 
 
+@pytest.mark.parametrize("overrides, says", [
+    (["data.max_length=1"], "data.max_length=1 is not valid: it must be an integer >= 3"),
+    (["data.max_length=2"], "data.max_length=2 is not valid: it must be an integer >= 3"),
+    (["data.text_pair_column=b", "data.max_length=4"], "data.max_length=4 leaves no token of a pair's texts"),
+], ids=["1", "2", "pair_4"])
+def test_a_max_length_that_leaves_no_text_token_is_refused(overrides, says):
+    """M12: 1 disabled truncation, 2 made every input [CLS][SEP]: the smallest length is one that keeps a
+    token of each text (3 for one text, 5 for a pair), and the largest is checked against the model."""
+    from transferlab.data import KINDS
+
+    base = ["model=tiny_bert", "data=text_files", "data.path=/data/texts.csv"]
+    with pytest.raises(ConfigError) as e:
+        KINDS.parse(compose(*base, *overrides).data, "data")
+    assert says in str(e.value), str(e.value)
+    assert KINDS.parse(compose(*base, "data.max_length=3").data, "data").max_length == 3
+    assert KINDS.parse(compose(*base, "data.text_pair_column=b", "data.max_length=5").data, "data").max_length == 5
+
+
 def test_integral_float_labels_are_the_class_of_the_integer(tmp_path):
     """pandas and `datasets` read a JSON column of 1, 1.0 and 2 as two classes; so does text_files."""
     path = tmp_path / "mixed.jsonl"

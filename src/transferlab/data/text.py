@@ -34,6 +34,11 @@ class TextData(Data):
     augment: TextAugment = setting(factory=TextAugment)
     modality = "text"
 
+    def check(self, where):
+        if getattr(self, "text_pair_column", None) and self.max_length < 5:  # kinds that read pairs of texts
+            raise ConfigError(f"{where}.max_length={self.max_length} leaves no token of a pair's texts: "
+                              f"[CLS] text [SEP] pair [SEP] needs at least 5; set {where}.max_length >= 5")
+
 
 class LabeledTexts(LabeledItems):
     """Texts (and optional second texts of a pair) with integer label columns."""
