@@ -69,6 +69,7 @@ def fuse(cfg: DictConfig) -> dict:
 
     ingredients = ingredients_of(cfg)
     check_compatible(ingredients, shared_init=method.averages_weights)
+    method.check_ingredients(ingredients)
     reference = ingredients[-1]  # wise_ft: θ_1, whose integer buffers the interpolation keeps
     loaded = from_checkpoint(reference.checkpoint)
     overrides = {"paths.run_dir": str(out), "logger": None, "strategy.cache_features": False,

@@ -33,6 +33,10 @@ class Method(Settings):
     def check(self, where):
         check_selection(self.select_by, f"{where}.select_by")
 
+    def check_ingredients(self, ingredients: list["Ingredient"]) -> None:
+        """What the runs given can show wrong for this method (how many, which), before the fusion's folder
+        is taken: a refused fusion leaves nothing behind."""
+
     def __call__(self, ingredients: list["Ingredient"], score) -> "Fused":
         raise NotImplementedError
 

@@ -22,10 +22,12 @@ class WiseFT(Method):
     recompute_bn: bool = False  # re-estimate BatchNorm statistics on the training images for every candidate
     along_alpha = True
 
-    def __call__(self, ingredients, score) -> Fused:
+    def check_ingredients(self, ingredients) -> None:
         if len(ingredients) != 2:
             raise ConfigError(f"wise_ft interpolates between exactly 2 runs, θ_0 and θ_1 (runs=[LINEAR_PROBE_RUN,"
                               f"FINETUNED_RUN]); got {len(ingredients)}: {', '.join(str(i.dir) for i in ingredients)}")
+
+    def __call__(self, ingredients, score) -> Fused:
         theta_0, theta_1 = (ing.state for ing in ingredients)
         members = [str(ing.dir) for ing in ingredients]
         candidates = [Candidate(f"alpha={alpha:g}", score(interpolate(theta_0, theta_1, alpha)), alpha=alpha,
