@@ -96,7 +96,7 @@ def build(plan: Plan, loaded=None) -> Parts:
     augment = any(stream["data"].augment.enabled for stream in streams.values())
     cache = strategy.caches_features(model.num_stages, epochs, augment) and not any(t.token_level for t in tasks)
     preprocessing = model.family.preprocessing(model.backbone)
-    features = runs.RunDir(plan.run_dir).features
+    features = runs.RunDir(plan.run_dir).file(runs.FEATURES)
 
     def datamodule(streams, loader, store_dir):
         return TransferDataModule(

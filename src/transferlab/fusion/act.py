@@ -95,7 +95,7 @@ def fuse(cfg: DictConfig) -> dict:
                    **_ingredients_described(ingredients)}
         runs.write_atomic(out / runs.CANDIDATES, _candidates_csv(fused))
         if fused.state is not None:  # written by the Trainer that scored it, as a run's checkpoints are
-            path = runs.RunDir(out).fused
+            path = runs.RunDir(out).checkpoints / runs.FUSED
             module = score.module
             score.load(fused.state)
             module.val_acc_best = torch.tensor(float(metrics[names.BEST]))
@@ -103,7 +103,7 @@ def fuse(cfg: DictConfig) -> dict:
                 "method": method.kind, "chosen": chosen.name, "alpha": chosen.alpha, "members": chosen.members})
             score.trainer.save_checkpoint(path, weights_only=True)
             metrics["fused_checkpoint"] = str(path)
-        _plot(fused, method, runs.RunDir(out).fusion_figure)
+        _plot(fused, method, runs.RunDir(out).file(runs.FUSION_FIGURE))
         _log(loggers, fused, metrics)
         runs.RunDir(out).write_metrics(metrics)
     return metrics

@@ -44,18 +44,6 @@ class RunDir:
     def last(self) -> Path:
         return self.checkpoints / LAST
 
-    @property
-    def fused(self) -> Path:
-        return self.checkpoints / FUSED
-
-    @property
-    def fusion_figure(self) -> Path:
-        return self.path / FUSION_FIGURE
-
-    @property
-    def features(self) -> Path:
-        return self.path / FEATURES
-
     def log(self, command: str) -> Path:
         """Where ``command`` (train, eval, fuse) keeps every log record of the run."""
         if command not in COMMANDS:
