@@ -2,8 +2,9 @@
 an entry, and the entry owns its group.
 
 An entry is a ``Settings`` class (``transferlab.settings``): its fields are the keys the group takes,
-with their types and rules, those a sweep may tune (``tune=True``) and what the implementation does
-(its methods); ``register`` adds its capabilities (``modality="text"``, ...). Entries live one module
+with their types and rules, those a sweep may tune (``tune=True``), what the implementation does
+(its methods) and what it can do (class attributes: a family's or data kind's ``modality``, a fusion
+method's ``averages_weights`` and ``along_alpha``). Entries live one module
 each (or a few per module) in the group's package and register themselves when it is imported; the
 registry imports the package's entry modules on first use. Entry modules import nothing heavy at the
 top (torch, timm, Lightning, transformers come inside the methods that need them), so names, "did you
@@ -15,7 +16,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from transferlab.errors import ConfigError
 
@@ -23,14 +24,7 @@ from transferlab.errors import ConfigError
 @dataclass(frozen=True)
 class Entry:
     name: str
-    cls: type  # a Settings subclass: settings and implementation
-    capabilities: dict = field(default_factory=dict)
-
-    def __getattr__(self, key):
-        try:
-            return self.capabilities[key]
-        except KeyError:
-            raise AttributeError(key) from None
+    cls: type  # a Settings subclass: settings, implementation and capabilities (class attributes)
 
 
 class Registry:
@@ -43,12 +37,12 @@ class Registry:
         self._entries: dict[str, Entry] = {}
         self._loaded = False
 
-    def register(self, name: str, **capabilities):
-        """``@REG.register("x", modality="image")`` on the entry's Settings class."""
+    def register(self, name: str):
+        """``@REG.register("x")`` on the entry's Settings class."""
         def add(cls):
             if name in self._entries and self._entries[name].cls is not cls:
                 raise ValueError(f"{self.what} '{name}' is registered twice")
-            self._entries[name] = Entry(name, cls, capabilities)
+            self._entries[name] = Entry(name, cls)
             cls._what = f"{self.what} '{name}'"  # how its settings' errors name it
             return cls
         return add

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ class Data(Settings):
     batch_size: int = setting(32, POSITIVE_INT)
     num_workers: int = setting(0, NON_NEGATIVE_INT)
     pin_memory: bool | None = None
-    modality = "image"  # what its items are: images or texts (a model family reads one)
+    modality: ClassVar[str | None] = None  # what its items are, declared by each modality's base: "image", "text"
 
     def create(self) -> dict[str, "LabeledItems"]:
         """train/val/test views of the dataset, before class subsets and few-shot sampling."""

@@ -45,6 +45,7 @@ class ImageData(Data):
     input_size: int | None = setting(None, optional(POSITIVE_INT))  # pixels fed to the model; null = its own
     augment: Augment = setting(factory=Augment)
     corruption: Corruption = setting(factory=Corruption)
+    modality = "image"
 
     def corruption_spec(self) -> tuple[str, int, int] | None:
         c = self.corruption

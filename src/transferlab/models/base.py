@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from transferlab.errors import ConfigError
 from transferlab.settings import FRACTION, NON_NEGATIVE_INT, Settings, setting
@@ -36,7 +37,7 @@ class Family(Settings):
     head: Head = setting(factory=Head)
     grad_checkpointing: bool = False
     compile: bool = False
-    modality = "image"  # what its inputs are: a data kind of another modality is refused
+    modality: ClassVar[str | None] = None  # what its inputs are, declared by each family: a data kind of another modality is refused
 
     @classmethod
     def describe(cls) -> str:

@@ -27,10 +27,11 @@ class ImageInputs:
         return repr(self.transform)
 
 
-@FAMILIES.register("timm", modality="image")
+@FAMILIES.register("timm")
 @dataclass(kw_only=True)
 class TimmFamily(Family):
     kind: str = "timm"
+    modality = "image"
     pretrained: bool = True  # timm's hub weights
     drop_path_rate: float | None = setting(None, optional(FRACTION), tune=True)  # stochastic depth; null = the model's own
     kwargs: dict = setting(factory=dict)  # any other timm.create_model keyword (e.g. img_size for ViTs)
