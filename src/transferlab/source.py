@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transferlab import console
-from transferlab.errors import ConfigError
+from transferlab.errors import ConfigError, unwritable_cache
 from transferlab.runs import BEST, CHECKPOINTS, METRICS, RunDir
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,10 @@ class SourceRun:
             folder.mkdir(parents=True, exist_ok=True)
             lock = open(folder / ".lock", "w")  # noqa: SIM115 - closed by the `with` below
         except OSError as e:
-            raise ConfigError(_unwritable(folder, e)) from None
+            raise ConfigError(unwritable_cache(
+                folder, e, "source model's", f"source.cache_dir={folder.parent}",
+                "give the model weights of its own (model.checkpoint=... or model.pretrained=true) or source=none"
+            )) from None
         with lock:  # concurrent jobs wait for one source run
             fcntl.flock(lock, fcntl.LOCK_EX)
             problem = _problem(folder)
@@ -118,20 +121,6 @@ class SourceRun:
             console.show("training the source model (%s) into %s; later runs reuse it", " ".join(self.overrides),
                          folder)
             _as_rank_zero(train, self.plan)
-
-
-def _unwritable(folder: Path, error: OSError) -> str:
-    """Why the source cache cannot take a new source run, naming the folder and TRANSFERLAB_CACHE."""
-    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
-    why = f"'{blocker}' is a file, not a folder" if blocker is not None else (error.strerror or str(error))
-    env = os.environ.get("TRANSFERLAB_CACHE")
-    if env and folder.is_relative_to(Path(env).expanduser()):
-        where = f"it lies under TRANSFERLAB_CACHE={env}: point TRANSFERLAB_CACHE at a writable folder"
-    else:
-        where = (f"source.cache_dir={folder.parent} (by default under TRANSFERLAB_CACHE, else ~/.cache/transferlab): "
-                 f"point TRANSFERLAB_CACHE or source.cache_dir at a writable folder")
-    return (f"cannot write the source model's cache folder {folder}: {why}; {where}, or give the model weights "
-            f"of its own (model.checkpoint=... or model.pretrained=true) or source=none")
 
 
 def _problem(folder: Path) -> str | None:

@@ -124,6 +124,7 @@ def read_ingredient(run_dir) -> Ingredient:
     if "strategy" not in run.config:
         raise ConfigError(f"'{run_dir}' is not a training run (its config.yaml has no strategy); a fused model "
                           f"is not fused again")
+    runs.require_complete(run.config, f"run '{run_dir}': its config.yaml")  # compared with the others by it
     return Ingredient(runs.Run(run.dir.resolve(), run.status, run.config, run.metrics))
 
 

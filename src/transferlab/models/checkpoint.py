@@ -112,7 +112,7 @@ class Loaded:
 
 def saved_plan(path) -> tuple[dict, dict]:
     """(config, hyper_parameters) of a transferlab checkpoint, the config checked and upgraded."""
-    from transferlab.runs import check_saved, upgrade
+    from transferlab.runs import check_saved, require_complete, upgrade
 
     ckpt = read_checkpoint(path)
     hparams = ckpt.get("hyper_parameters") or {}
@@ -121,7 +121,9 @@ def saved_plan(path) -> tuple[dict, dict]:
         raise ConfigError(f"'{path}' is not a transferlab checkpoint (it holds no run config); to start a run from "
                           f"foreign weights use tl-train model.checkpoint=...")
     check_saved(config, f"the config inside '{path}'")
-    return upgrade(config, f"the config inside '{path}'"), {**hparams, "_state_dict": ckpt["state_dict"]}
+    config = upgrade(config, f"the config inside '{path}'")
+    require_complete(config, f"the config inside '{path}'")  # the model is rebuilt from it alone
+    return config, {**hparams, "_state_dict": ckpt["state_dict"]}
 
 
 def from_checkpoint(path) -> Loaded:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from transferlab.errors import ConfigError, suggest
+from transferlab.errors import ConfigError, suggest, unwritable_cache
 from transferlab.models import FAMILIES
 from transferlab.models.base import Family, require_hub_copy
 from transferlab.settings import POSITIVE_INT, Settings, optional, setting
@@ -334,8 +334,13 @@ class TrainTokenizer:
         from transferlab.models import wordpiece
 
         folder = self.file.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / ".lock", "w") as lock:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock = open(folder / ".lock", "w")  # noqa: SIM115 - closed by the `with` below
+        except OSError as e:
+            raise ConfigError(unwritable_cache(folder, e, "tokenizer", f"model.tokenizer.cache_dir={folder.parent}",
+                                               "give a trained tokenizer (model.tokenizer.path=...)")) from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if _readable_tokenizer(self.file):
                 return
