@@ -19,22 +19,18 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab import CONF_DIR
+from transferlab.models import FAMILIES as MODEL_FAMILIES
 
 CONF = Path(CONF_DIR)
-ROOTS = ("train", "eval", "fuse")  # root configs: conf/<root>.yaml
+ROOTS = tuple(sorted(p.stem for p in CONF.glob("*.yaml")))  # root configs: conf/<root>.yaml, one per command
 FILES = sorted(CONF.rglob("*.yaml"))
 
-# Overrides that fill an option's required (???) values, so that it composes with nothing missing.
-FILL = {
-    "data/image_folder": ["data.root=/data/images"],
-    "data/csv": ["data.manifest=/data/labels.csv"],
-}
 # Groups that exist only once another group is chosen: their options compose on top of it.
 NEEDS = {"hydra/sweeper/pruner": ["hparams_search=optuna"]}
 # Root configs' own required values (eval needs a checkpoint).
 ROOT_FILL = {"eval": ["ckpt_path=/runs/x/checkpoints/last.ckpt"], "fuse": ["runs=[/runs/a,/runs/b]"]}
-# Models must say which backbone factory builds them (DESIGN: two families share everything else).
-FAMILIES = {"timm", "hf"}
+# Models must say which backbone factory builds them: a family of the registry.
+FAMILIES = set(MODEL_FAMILIES.names())
 
 
 def _rel(path: Path) -> str:
@@ -121,12 +117,14 @@ def test_root_config_composes(root):
 
 @pytest.mark.parametrize(("root", "group", "option", "path"), OPTION_CASES)
 def test_every_option_composes(root, group, option, path):
-    overrides, fill = [*NEEDS.get(group, []), f"{group}={option}"], FILL.get(f"{group}/{option}", [])
-    if fill:
-        _compose(root, overrides)  # with its ??? values left unset, compose still succeeds
-    cfg = _compose(root, [*overrides, *fill, *ROOT_FILL.get(root, [])])
-    assert _missing(cfg) == set(), f"{group}={option} leaves required values unset; add them to FILL"
+    overrides = [*NEEDS.get(group, []), f"{group}={option}", *ROOT_FILL.get(root, [])]
     package = path.read_text().lstrip().startswith("# @package _global_")
+    # An option may leave values to the user only where its own file says so (`key: ???  # required: ...`)
+    required = {f"{group.replace('/', '.')}.{key}" for key in _missing(OmegaConf.create(path.read_text()))}
+    unset = _missing(_compose(root, overrides))
+    assert unset <= required, f"{group}={option} leaves {sorted(unset - required)} unset without declaring them"
+    cfg = _compose(root, [*overrides, *(f"{key}=/data/given" for key in sorted(unset))])
+    assert _missing(cfg) == set()
     if not package and group.split("/")[0] != "hydra":
         assert isinstance(cfg[group.replace("/", ".")], DictConfig)
     if group == "model":

@@ -12,6 +12,10 @@ from pathlib import Path
 import pytest
 from conftest import BIN, ONE_THREAD
 
+from transferlab import CONF_DIR
+
+CONF = Path(CONF_DIR)
+
 QUICK = ["source=none", "logger=csv", "trainer.max_epochs=1", "data.train_per_class=10"]
 # What Lightning and Python print by themselves; none of it belongs on a default console.
 BANNERS = ("GPU available", "TPU available", "LOCAL_RANK", "Tip:", "litlogger", "Seed set to", "PossibleUserWarning",
@@ -109,7 +113,8 @@ def test_help_names_the_command_its_groups_and_where_to_read_more(capsys, monkey
     train.main()
     text = capsys.readouterr().out
     assert text.startswith("usage: tl-train") and "README.md" in text and "powered by Hydra" not in text
-    assert re.search(r"^  strategy +finetune, gradual, linear_probe, lp_ft", text, re.M)
+    strategies = sorted(p.stem for p in (CONF / "strategy").glob("*.yaml") if not p.stem.startswith("_"))
+    assert re.search(rf"^  strategy +{', '.join(strategies)}\b", text, re.M), text  # every public option, sorted
     assert "_images" not in text and "_timm" not in text  # the private bases are not choices
 
 
