@@ -3,6 +3,7 @@
 The Python API (``transferlab.train``, ``evaluate``, ``fuse``, ``report``) is the path the command-line
 tools take; it is imported on first use, so ``import transferlab`` stays light.
 """
+import importlib
 from pathlib import Path
 
 __version__ = "0.1.0"
@@ -11,16 +12,16 @@ __version__ = "0.1.0"
 _PACKAGED_CONF = Path(__file__).parent / "conf"
 CONF_DIR = _PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).resolve().parents[2] / "conf"
 
-API = ("train", "evaluate", "fuse", "report", "Result")
-
 
 def __getattr__(name):
-    if name in API:
-        from transferlab import api
-
+    """``transferlab.train`` and the rest of ``api.__all__``, loaded on first use."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    api = importlib.import_module("transferlab.api")
+    if name in api.__all__:
         return getattr(api, name)
     raise AttributeError(f"module 'transferlab' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted([*globals(), *API])
+    return sorted([*globals(), *importlib.import_module("transferlab.api").__all__])

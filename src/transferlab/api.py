@@ -21,6 +21,8 @@ from pathlib import Path
 
 from transferlab import runs
 
+__all__ = ["train", "evaluate", "fuse", "report", "Result"]  # transferlab.<name> (transferlab/__init__.py)
+
 
 @dataclass
 class Result:

@@ -21,8 +21,7 @@ CANDIDATES = "candidates.csv"  # a fusion's every candidate model and its scores
 FUSED, FUSION_FIGURE = "fused.ckpt", "fusion.png"  # a fusion's weights (in checkpoints/) and its candidates' curve
 FEATURES = "features"  # backbone features of a run that keeps them with itself (no shared cache)
 RECORD = ".hydra"  # Hydra's record of the command line (written by the run-directory guard)
-COMMANDS = ("train", "eval", "fuse")  # each writes <command>.log
-LOGS = tuple(f"{command}.log" for command in COMMANDS)
+LOGS = ("train.log", "eval.log", "fuse.log")  # <command>.log, opened by Hydra before anything else is written
 # What marks a folder as (part of) a run: a new run never writes where any of these is.
 MARKS = (CONFIG, METRICS, FAILED, PRUNED, ENV, CHECKPOINTS, RECORD, *LOGS)
 
@@ -45,9 +44,7 @@ class RunDir:
         return self.checkpoints / LAST
 
     def log(self, command: str) -> Path:
-        """Where ``command`` (train, eval, fuse) keeps every log record of the run."""
-        if command not in COMMANDS:
-            raise ValueError(f"no log for command '{command}'; valid: {', '.join(COMMANDS)}")
+        """Where ``command`` (train, eval, fuse, ...) keeps every log record of the run."""
         return self.path / f"{command}.log"
 
     def file(self, name: str) -> Path:
