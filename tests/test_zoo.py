@@ -111,7 +111,7 @@ def test_every_timm_family_trains_a_partial_step_or_is_refused_by_name(tmp_path)
             gc.collect()  # a model, its trainer and optimizer hold each other in cycles: free them before the next
     print({k: sum(v == k for v in outcome.values()) for k in ("runs", "refused")}, "failing:", len(tracebacks))
     assert not tracebacks, "\n".join(f"{m}: {t}" for m, t in tracebacks.items())
-    assert list(outcome.values()).count("runs") >= 0.8 * len(outcome)  # 89 of 98 ran with timm 1.0.31
+    assert list(outcome.values()).count("runs") >= 0.8 * len(outcome)  # 91 of 98 ran with timm 1.0.31, 7 refused
 
 
 def test_a_model_without_stochastic_depth_builds_and_a_rate_set_for_it_is_refused_by_key(tmp_path):
@@ -180,7 +180,7 @@ def test_every_encoder_type_trains_a_partial_step_or_is_refused_by_name(tmp_path
             gc.collect()
     print({k: sum(v == k for v in outcome.values()) for k in ("runs", "refused")}, "failing:", len(tracebacks))
     assert not tracebacks, "\n".join(f"{m}: {t}" for m, t in tracebacks.items())
-    assert list(outcome.values()).count("runs") >= 0.75 * len(outcome)
+    assert list(outcome.values()).count("runs") >= 0.75 * len(outcome)  # 41 of 51 ran with transformers 5.25.0
 
 
 def test_albert_shares_its_layers_in_groups_and_still_freezes_by_stage(tmp_path):
