@@ -9,8 +9,9 @@ for arg in "$@"; do
   if [[ "$arg" != -* ]]; then exec python -m pytest "$@"; fi
 done
 TL_TEST_LOGS=$(mktemp -d)
-trap 'rm -rf "$TL_TEST_LOGS"' EXIT
-export TL_TEST_LOGS
+TL_TEST_CACHE=$(mktemp -d)  # one source-model cache for every test file: the default source run trains once
+trap 'rm -rf "$TL_TEST_LOGS" "$TL_TEST_CACHE"' EXIT
+export TL_TEST_LOGS TL_TEST_CACHE
 
 one_file() {  # one_file tests/test_x.py [pytest options]: run it, then print its output in one piece
   local file=$1 log="$TL_TEST_LOGS/$(basename "$1").log"

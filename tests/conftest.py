@@ -23,9 +23,11 @@ FAST = ["trainer.max_epochs=3", "trainer.enable_progress_bar=false", "logger=csv
 
 
 # Every test (and every subprocess it starts) shares one source-model cache and never touches the
-# network or ~/.cache. Set at import, before timm / huggingface_hub read their environment.
-os.environ.update(TRANSFERLAB_CACHE=tempfile.mkdtemp(prefix="transferlab-cache-"), WANDB_MODE="offline",
-                  WANDB_SILENT="true", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+# network or ~/.cache: scripts/test.sh hands every test file's process the same one (TL_TEST_CACHE; its
+# entries are written under locks and published by rename, as for concurrent sweep jobs), a lone pytest
+# makes its own. Set at import, before timm / huggingface_hub read their environment.
+os.environ.update(TRANSFERLAB_CACHE=os.environ.get("TL_TEST_CACHE") or tempfile.mkdtemp(prefix="transferlab-cache-"),
+                  WANDB_MODE="offline", WANDB_SILENT="true", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
 
 
 # One intra-op thread: on 2 busy cores tiny runs are many times faster, and both runs of a comparison
@@ -70,6 +72,14 @@ def train(run_dir: Path, *overrides, fast: bool = True) -> dict:
     cfg = compose(*(FAST if fast else []), *overrides, run_dir=run_dir)
     run.train(resolve(cfg))
     return json.loads((run_dir / "metrics.json").read_text())
+
+
+def runs_into(root: Path, *base):
+    """``train(name, *overrides)``: a finished run ``root/name`` made through the Python API with ``base``
+    overrides first; returns its directory (module fixtures build their sets of runs with it)."""
+    import transferlab
+
+    return lambda name, *overrides: transferlab.train(*base, *overrides, run_dir=root / name).run_dir
 
 
 def cli(command: str, *args, cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import runs_into
 
 import transferlab
 from transferlab.errors import ConfigError
@@ -39,10 +40,7 @@ def config_of(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, one_torch_thread):
     root = tmp_path_factory.mktemp("round3_fusion_runs")
-
-    def train(name, *overrides):
-        return transferlab.train(*QUICK, *overrides, run_dir=root / name).run_dir
-
+    train = runs_into(root, *QUICK)
     out = {"root": root}
     out["scratch1"] = train("scratch1", "strategy=scratch", "seed=1")
     out["scratch2"] = train("scratch2", "strategy=scratch", "seed=2")

@@ -24,12 +24,14 @@ def tree(*roots: Path) -> dict[str, int]:
             for p in [root, *root.rglob("*")]}
 
 
-def test_resolving_a_run_whose_source_and_tokenizer_are_not_cached_trains_and_writes_nothing(tmp_path):
+def test_resolving_a_run_whose_source_and_tokenizer_are_not_cached_trains_and_writes_nothing(tmp_path, monkeypatch):
     """A text run with a tokenizer to train and an MLM source run to train first: resolve names both as
     steps (with the folders they will fill) and does neither; run.prepare is what performs them."""
     from test_text import SOURCE
 
     cache, cwd = tmp_path / "cache", Path.cwd()
+    monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "default-cache"))  # its own: other test files share one
+    (tmp_path / "default-cache").mkdir()
     cfg = compose(*SOURCE, f"paths.cache_dir={cache}", f"paths.output_dir={tmp_path / 'out'}",
                   run_dir=tmp_path / "run")
     roots = (tmp_path, Path(os.environ["TRANSFERLAB_CACHE"]))

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import FAST, FAST_SOURCE
+from conftest import FAST, FAST_SOURCE, runs_into
 from pytorch_lightning import Callback
 
 import transferlab
@@ -44,10 +44,7 @@ def written(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, one_torch_thread):
     root = tmp_path_factory.mktemp("round3_more")
-
-    def train(name, *overrides):
-        return transferlab.train(*QUICK, *overrides, run_dir=root / name).run_dir
-
+    train = runs_into(root, *QUICK)
     out = {"root": root}
     out["base"] = train("base", "strategy=scratch", "seed=1")
     source = out["base"] / "checkpoints" / "best.ckpt"

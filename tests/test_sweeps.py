@@ -326,15 +326,28 @@ def test_optuna_search_records_a_failed_trial_and_goes_on(tmp_path):
 
 
 def test_optuna_search_where_every_trial_fails_reports_them_and_exits_with_an_error(tmp_path):
-    result = optuna_search(tmp_path, "hydra.sweeper.n_trials=2", "optimizer.lr=-1.0")
-    assert result.returncode != 0
+    """A value the config shows wrong is refused before any trial; a failure only a run meets (weights
+    that cannot be read) fails each trial, and the search ends with its report and one error line."""
+    (tmp_path / "refused").mkdir()
+    (tmp_path / "failing").mkdir()
+    refused = optuna_search(tmp_path / "refused", "hydra.sweeper.n_trials=2", "optimizer.lr=-1.0")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    errors = [ln for ln in refused.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "optimizer.lr=-1.0 is not valid" in errors[0], refused.stderr[-2000:]
+    assert not list((tmp_path / "refused").rglob("failed.json"))  # no trial ran
+
+    weights = tmp_path / "weights.ckpt"
+    weights.write_bytes(b"not a checkpoint")
+    result = optuna_search(tmp_path / "failing", "hydra.sweeper.n_trials=2", f"model.checkpoint={weights}",
+                           "source=none")
+    assert result.returncode == 1
     assert len(list(tmp_path.rglob("failed.json"))) == 2 and not list(tmp_path.rglob("metrics.json"))
     assert "Traceback" not in result.stderr
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and "no trial completed (2 failed, 0 pruned)" in errors[0], result.stderr[-2000:]
     (report,) = tmp_path.rglob("report.md")
     md = report.read_text()
-    assert "0 finished, 2 failed" in md and md.count("optimizer.lr=-1.0 is not valid") == 2
+    assert "0 finished, 2 failed" in md and md.count(str(weights)) >= 2, md
     assert "best_value" not in yaml.safe_load((report.parent / "optimization_results.yaml").read_text())
 
 
