@@ -40,9 +40,9 @@ def suggest(value: str, valid, n: int = 5) -> str:
     return f"valid: {shown}"
 
 
-def unwritable_cache(folder, error: OSError, what: str, setting: str, instead: str) -> str:
+def unwritable_cache(folder, error: OSError, what: str, key: str, instead: str) -> str:
     """Why a cache folder cannot take a new entry: the file in its way or the OS's reason, and whether
-    TRANSFERLAB_CACHE or the group's own ``setting`` put it there."""
+    TRANSFERLAB_CACHE or the group's own setting ``key`` (the cache root, the folder's parent) put it there."""
     folder = Path(folder)
     blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
     why = f"'{blocker}' is a file, not a folder" if blocker is not None else (error.strerror or str(error))
@@ -50,6 +50,6 @@ def unwritable_cache(folder, error: OSError, what: str, setting: str, instead: s
     if env and folder.is_relative_to(Path(env).expanduser()):
         where = f"it lies under TRANSFERLAB_CACHE={env}: point TRANSFERLAB_CACHE at a writable folder"
     else:
-        where = (f"{setting} (by default under TRANSFERLAB_CACHE, else ~/.cache/transferlab): point "
-                 f"TRANSFERLAB_CACHE or {setting.split('=')[0]} at a writable folder")
+        where = (f"{key}={folder.parent} (by default under TRANSFERLAB_CACHE, else ~/.cache/transferlab): point "
+                 f"TRANSFERLAB_CACHE or {key} at a writable folder")
     return f"cannot write the {what} cache folder {folder}: {why}; {where}, or {instead}"

@@ -15,7 +15,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -104,7 +103,7 @@ class SourceRun:
             lock = open(folder / ".lock", "w")  # noqa: SIM115 - closed by the `with` below
         except OSError as e:
             raise ConfigError(unwritable_cache(
-                folder, e, "source model's", f"source.cache_dir={folder.parent}",
+                folder, e, "source model's", "source.cache_dir",
                 "give the model weights of its own (model.checkpoint=... or model.pretrained=true) or source=none"
             )) from None
         with lock:  # concurrent jobs wait for one source run

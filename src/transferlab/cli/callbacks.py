@@ -279,8 +279,9 @@ class JobClock:
         if self.pending is None or not self.seconds:
             return None
         done = [s for times in self.seconds.values() for s in times]
+        unseen = sum(done) / len(done)
         mean = {kind: sum(times) / len(times) for kind, times in self.seconds.items()}
-        return sum(n * mean.get(kind, sum(done) / len(done)) for kind, n in self.pending.items())
+        return sum(n * mean.get(kind, unseen) for kind, n in self.pending.items())
 
 
 def _sweep_shape(config: DictConfig) -> tuple[int | None, set[str] | None, list[tuple[str, ...]] | None]:

@@ -37,7 +37,7 @@ class Family(Settings):
     head: Head = setting(factory=Head)
     grad_checkpointing: bool = False
     compile: bool = False
-    modality: ClassVar[str | None] = None  # what its inputs are, declared by each family: a data kind of another modality is refused
+    modality: ClassVar[str | None] = None  # its inputs, declared by each family; data of another modality is refused
 
     @classmethod
     def describe(cls) -> str:

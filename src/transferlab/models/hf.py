@@ -338,7 +338,7 @@ class TrainTokenizer:
             folder.mkdir(parents=True, exist_ok=True)
             lock = open(folder / ".lock", "w")  # noqa: SIM115 - closed by the `with` below
         except OSError as e:
-            raise ConfigError(unwritable_cache(folder, e, "tokenizer", f"model.tokenizer.cache_dir={folder.parent}",
+            raise ConfigError(unwritable_cache(folder, e, "tokenizer", "model.tokenizer.cache_dir",
                                                "give a trained tokenizer (model.tokenizer.path=...)")) from None
         with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
