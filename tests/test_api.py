@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from conftest import FAST, ONE_THREAD, cli, torch_threads
+from helpers import FAST, ONE_THREAD, cli, torch_threads
 
 import transferlab
 

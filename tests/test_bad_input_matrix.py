@@ -4,7 +4,7 @@ For each case the command must exit non-zero, print a message on stderr that nam
 show no Python traceback (a traceback means transferlab did not recognise the mistake as the user's),
 and leave no ``metrics.json`` behind.
 
-Each case is a real subprocess (``conftest.cli``); they take ~6-8 s of imports each, so the module
+Each case is a real subprocess (``helpers.cli``); they take ~6-8 s of imports each, so the module
 fixture runs every selected case up front, two at a time, and each parametrized test checks one
 result. The files the cases need (images, a CSV manifest, a real transferlab checkpoint, a timm
 checkpoint of another architecture, a truncated checkpoint, a finished run with broken files) are
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli, train
+from helpers import cli, train
 from PIL import Image
 
 pytestmark = pytest.mark.slow

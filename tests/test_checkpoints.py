@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 
 import pytest
-from transferlab.plan import resolve
 import torch
-from conftest import FAST, compose
+from helpers import FAST, compose
 from pytorch_lightning import Callback
 
 from transferlab import run
+from transferlab.plan import resolve
 
 # A frozen backbone and a learning rate too small to change any prediction: val/acc is the same in
 # every epoch, so only epoch 0 is the best and every later epoch writes last.ckpt on its own.

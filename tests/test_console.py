@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import BIN, ONE_THREAD
+from helpers import BIN, ONE_THREAD
 
 from transferlab import CONF_DIR
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import compose
+from helpers import compose
 
 from transferlab.data import create_splits
 from transferlab.data.corruptions import CORRUPTIONS

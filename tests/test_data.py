@@ -5,13 +5,13 @@ import csv
 
 import numpy as np
 import pytest
-from transferlab.plan import resolve
-from conftest import cli, compose, train
+from helpers import cli, compose, train
 from PIL import Image
 
 from transferlab import run
 from transferlab.data import create_splits
 from transferlab.errors import ConfigError, DataError
+from transferlab.plan import resolve
 
 NO_SOURCE = ["model=tiny", "source=none", "data.input_size=32", "data.num_workers=0", "data.batch_size=8"]
 

@@ -15,8 +15,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import BIN, ONE_THREAD, cli, compose
-from test_distributed import clean_env, free_port, launch
+from helpers import BIN, ONE_THREAD, clean_env, cli, compose, free_port, launch
 from PIL import Image
 from torch.utils.data import DistributedSampler
 

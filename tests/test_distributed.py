@@ -24,32 +24,35 @@ the known DDP trap of parameters that stop or start receiving gradients mid-run.
 """
 from __future__ import annotations
 
-import csv
 import json
-import os
-import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from transferlab.plan import resolve
 import yaml
-from conftest import BIN, compose
+from helpers import (
+    BIN,
+    DIST_VARS,
+    METRIC_ABS,
+    WEIGHT_ATOL,
+    checkpoint,
+    clean_env,
+    compose,
+    csv_column,
+    free_port,
+    launch,
+    metrics,
+    tl_train,
+)
+
+from transferlab.plan import resolve
 
 EPOCHS = 2
 WORLD = 2                    # processes in every distributed run
 TRAIN_IMAGES = 60            # digits 5-9, data.train_per_class=12
 EVAL_IMAGES = 170            # val and test each with val_fraction = test_fraction = 0.19
 PER_RANK_BATCH = TRAIN_IMAGES // WORLD
-WEIGHT_ATOL = 1e-5
-METRIC_ABS = 1e-6
 LOSS_ABS = 1e-5
-RUN_TIMEOUT = 300            # seconds for any one distributed run (~25 s on 2 idle cores)
 EXACT_METRICS = ("test/acc", "test/f1", "test/precision", "test/recall", "val/acc_best")
-DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK", "MASTER_ADDR",
-             "MASTER_PORT", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_JOB_NAME", "PL_GLOBAL_SEED")
 
 
 def overrides(*extra, batch_size=PER_RANK_BATCH, epochs=EPOCHS, logger="csv",
@@ -60,83 +63,13 @@ def overrides(*extra, batch_size=PER_RANK_BATCH, epochs=EPOCHS, logger="csv",
             *strategy, "strategy.bn=frozen", *extra]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def clean_env(**extra) -> dict:
-    """This process's environment without any launcher's variables, one thread per process (2 cores)."""
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS and not k.startswith("SLURM_")}
-    env.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
-    if Path("/sys/class/net/lo").exists():
-        env["GLOO_SOCKET_IFNAME"] = "lo"  # gloo talks over loopback only
-    env.update(extra)
-    return env
-
-
-def launch(commands: list[tuple[list[str], dict]], cwd: Path, timeout: int = RUN_TIMEOUT) -> list[tuple[int, str]]:
-    """Start every command at once (each in a session of its own), wait for all, return (rc, output) each.
-
-    Whatever is still running at the deadline, or after one process failed and the others hang
-    waiting for it, is killed by process group: each launched process and the ranks it started.
-    """
-    procs, logs = [], []
-    try:
-        for i, (argv, env) in enumerate(commands):
-            log = open(cwd / f"launch-{i}.log", "w+")
-            logs.append(log)
-            procs.append(subprocess.Popen([str(a) for a in argv], cwd=cwd, env=env, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-            if any(p.poll() not in (None, 0) for p in procs):  # one failed: give the others a moment, then stop
-                deadline = min(deadline, time.monotonic() + 20)
-            time.sleep(0.2)
-    finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)  # the group of a process this test started (and its ranks)
-            except ProcessLookupError:
-                pass
-            p.wait(timeout=30)
-    results = []
-    for p, log in zip(procs, logs):
-        log.seek(0)
-        results.append((p.returncode, log.read()))
-        log.close()
-    return results
-
-
 def check_ok(results):
     for i, (rc, output) in enumerate(results):
         assert rc == 0, f"process {i} exited with {rc}:\n{output[-4000:]}"
 
 
-def tl_train(*args, cwd: Path, env: dict | None = None, timeout: int = RUN_TIMEOUT) -> str:
-    ((rc, output),) = launch([([BIN / "tl-train", *args], env or clean_env())], cwd, timeout)
-    assert rc == 0, output[-4000:]
-    return output
-
-
 def only_child_dirs(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_dir())
-
-
-def metrics(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())
-
-
-def checkpoint(run_dir: Path, name: str = "last.ckpt") -> dict:
-    import torch
-
-    return torch.load(run_dir / "checkpoints" / name, map_location="cpu", weights_only=True)
-
-
-def csv_column(run_dir: Path, column: str) -> list[float]:
-    with open(run_dir / "csv" / "metrics.csv") as f:
-        return [float(row[column]) for row in csv.DictReader(f) if row.get(column)]
 
 
 def assert_complete(run_dir: Path):
@@ -289,6 +222,7 @@ def test_the_lp_ft_comparison_is_not_vacuous(single):
     """The backbone really trained in epoch 1 (it moved far more than WEIGHT_ATOL from its
     initialisation), so the comparisons above check gradients that start flowing mid-run."""
     import pytorch_lightning as pl
+
     from transferlab.plan import resolve
     from transferlab.run import build
 

@@ -5,9 +5,10 @@ import json
 
 import numpy as np
 import pytest
-from transferlab.plan import resolve
-from conftest import FAST, compose, train
+from helpers import FAST, compose, train
 from pytorch_lightning import Callback
+
+from transferlab.plan import resolve
 
 PROBE = ["strategy=linear_probe", "data.augment.enabled=false", "trainer.max_epochs=4"]
 

@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import ONE_THREAD, cli, train
+from helpers import FAST, ONE_THREAD, cli, train
 
 from transferlab.errors import ConfigError
 
@@ -121,8 +121,8 @@ def test_greedy_soup_is_never_worse_on_validation_than_its_best_ingredient(runs,
 
 
 def test_uniform_soup_is_the_mean_of_the_weights(runs, tmp_path):
-    from transferlab.models.checkpoint import read_checkpoint
     from transferlab.fusion.base import read_ingredient
+    from transferlab.models.checkpoint import read_checkpoint
 
     fuse(tmp_path / "uniform", "uniform_soup", runs=[str(runs["ft1"]["dir"]), str(runs["ft2"]["dir"])])
     state = read_checkpoint(tmp_path / "uniform" / "checkpoints" / "fused.ckpt")["state_dict"]
@@ -245,8 +245,6 @@ def test_report_lists_fused_models_beside_strategies(runs, wise, tmp_path):
 
 @pytest.mark.slow
 def test_the_compare_sweep_fuses_its_runs_into_rows_of_its_report(tmp_path):
-    from conftest import FAST
-
     proc = cli("tl-train", "experiment=compare", *FAST, "strategy=linear_probe,finetune", "seed=1,2",
                f"paths.output_dir={tmp_path / 'out'}", cwd=tmp_path, env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr[-3000:]

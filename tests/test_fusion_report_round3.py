@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import runs_into
+from helpers import runs_into
 
 import transferlab
 from transferlab.errors import ConfigError

@@ -6,12 +6,12 @@ import time
 import pytest
 import timm
 import torch
-from conftest import train
+from helpers import train
 from omegaconf import OmegaConf
 
 from transferlab.errors import CheckpointError, ConfigError
-from transferlab.models.checkpoint import read_checkpoint
 from transferlab.models import FAMILIES, create_model
+from transferlab.models.checkpoint import read_checkpoint
 from transferlab.models.timm import create_backbone
 from transferlab.tasks import Task
 

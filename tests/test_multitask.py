@@ -14,10 +14,9 @@ import math
 import re
 
 import pytest
-from transferlab.plan import resolve
 import torch
 import torch.nn.functional as F
-from conftest import cli, compose, train
+from helpers import cli, compose, train
 from pytorch_lightning import Callback
 from wandb_reader import metric, read_run
 
@@ -25,6 +24,7 @@ from transferlab import run
 from transferlab.cli import user_errors
 from transferlab.errors import ConfigError
 from transferlab.models.checkpoint import read_checkpoint
+from transferlab.plan import resolve
 
 SYNTHETIC = ["experiment=synthetic_multilabel", "data.num_samples=300", "trainer.max_epochs=2",
              "trainer.enable_progress_bar=false"]

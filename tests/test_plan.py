@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, compose
+from helpers import FAST, SOURCE, compose
 from PIL import Image
 from pytorch_lightning import Callback
 
@@ -27,8 +27,6 @@ def tree(*roots: Path) -> dict[str, int]:
 def test_resolving_a_run_whose_source_and_tokenizer_are_not_cached_trains_and_writes_nothing(tmp_path, monkeypatch):
     """A text run with a tokenizer to train and an MLM source run to train first: resolve names both as
     steps (with the folders they will fill) and does neither; run.prepare is what performs them."""
-    from test_text import SOURCE
-
     cache, cwd = tmp_path / "cache", Path.cwd()
     monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "default-cache"))  # its own: other test files share one
     (tmp_path / "default-cache").mkdir()

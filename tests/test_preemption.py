@@ -13,56 +13,19 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from pathlib import Path
 
 import pytest
-from conftest import BIN, ONE_THREAD, cli
+from helpers import BIN, ONE_THREAD, RUN, cli, interrupt
 
-from transferlab.models.checkpoint import read_checkpoint
 from transferlab.metrics import COMPARED
+from transferlab.models.checkpoint import read_checkpoint
 from transferlab.runs import resume_command
 
 pytestmark = pytest.mark.slow
 
-# 50 images per class in batches of 5: 50 steps an epoch, so a signal a second after the first
-# checkpoint lands inside an epoch (the guarantee holds wherever it lands).
-RUN = ["source=none", "logger=csv", "trainer.max_epochs=6", "data.batch_size=5", "data.train_per_class=50",
-       "data.num_workers=0", "trainer.enable_progress_bar=false"]
 SAME = (*COMPARED, "test/loss", "val/acc_best", "epochs")
-_DEFAULT_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-                   "os.execv(sys.argv[1], sys.argv[1:])")
-
-
-def interrupt(run_dir: Path, sig: signal.Signals, cwd: Path, args=RUN, after: float = 1.0) -> tuple[int, str, int]:
-    """Start ``tl-train args`` into ``run_dir``, send ``sig`` ``after`` seconds after its first last.ckpt
-    appeared; (exit code, stderr, the epoch last.ckpt held when the signal was sent)."""
-    # a terminal delivers Ctrl-C to a process whose SIGINT is at its default; a suite started in the
-    # background (nohup, `cmd &`, a CI runner) hands its children SIGINT ignored, and an ignored signal
-    # stays ignored across exec: restore the default before tl-train starts
-    proc = subprocess.Popen([sys.executable, "-c", _DEFAULT_SIGINT, str(BIN / "tl-train"), *args,
-                             f"hydra.run.dir='{run_dir}'"], cwd=cwd, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-                            env={**os.environ, **ONE_THREAD})
-    last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 300
-    try:
-        while not last.exists():
-            assert proc.poll() is None, f"tl-train ended before its first checkpoint: {proc.stderr.read()[-3000:]}"
-            assert time.monotonic() < deadline, "no checkpoints/last.ckpt in time"
-            time.sleep(0.02)
-        time.sleep(after)
-        epoch = read_checkpoint(last)["epoch"]
-        proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode, stderr, epoch
 
 
 @pytest.fixture(scope="module")

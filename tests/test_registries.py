@@ -4,7 +4,7 @@ is resolved, i.e. before any data is read or any source run trains."""
 from __future__ import annotations
 
 import pytest
-from conftest import REPO, cli, compose
+from helpers import REPO, cli, compose
 
 from transferlab.errors import ConfigError
 from transferlab.plan import resolve

@@ -30,13 +30,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import BIN, FAST, FAST_SOURCE, train
+from helpers import BIN, FAST, FAST_SOURCE, train
 from wandb_reader import find_wandb_file, metric, read_run
 
 from transferlab import redact, runs
 
 TESTS = Path(__file__).resolve().parent
-# conftest.FAST without its source-run, logger and epoch settings (each test sets those): every run here
+# helpers.FAST without its source-run, logger and epoch settings (each test sets those): every run here
 # has source=none, so no source model is trained.
 NO_SOURCE = [o for o in FAST if o != FAST_SOURCE and not o.startswith(("logger=", "trainer.max_epochs="))]
 NO_SOURCE.append("source=none")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, compose, train
+from helpers import FAST, compose, train
 from omegaconf import OmegaConf
 
 from transferlab.errors import CheckpointError, ConfigError, DataError

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import FAST, FAST_SOURCE, runs_into
+from helpers import FAST, FAST_SOURCE, runs_into
 from pytorch_lightning import Callback
 
 import transferlab

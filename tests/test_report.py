@@ -1,58 +1,19 @@
 """tl-report: its numbers must be exactly the mean and sample std of the runs' own metrics.json files."""
 from __future__ import annotations
 
-import csv
 import json
-import random
 import statistics
 from pathlib import Path
 
 import pytest
-import yaml
+from helpers import cli, fake_run, read_csv, train
 from omegaconf import OmegaConf
-
-from conftest import cli, train
 from wandb_reader import read_run as read_wandb_run
+
+from transferlab.cli.callbacks import ReportCallback
 from transferlab.cli.report import main as report_main
 from transferlab.errors import ConfigError
 from transferlab.reports import write_report
-from transferlab.cli.callbacks import ReportCallback
-
-
-def fake_run(root: Path, name: str, *, strategy="finetune", seed=1, lr=0.003, extra=None, status="finished",
-             epochs=4) -> Path:
-    """A run directory as run.train leaves it, with made-up but reproducible numbers."""
-    d = root / name
-    (d / "csv").mkdir(parents=True)
-    config = {"config_version": 2, "model": {"name": "tiny", "kind": "timm", "checkpoint": f"/cache/{name}/best.ckpt"},
-              "data": {"kind": "digits", "label": "digits"}, "strategy": {"kind": strategy, "label": strategy},
-              "optimizer": {"kind": "adamw", "lr": lr}, "seed": seed, "experiment_name": f"digits_{strategy}",
-              "paths": {"run_dir": str(d)}, "logger": {"csv": {}}}
-    cfg = OmegaConf.create(config)
-    for key, value in (extra or {}).items():
-        OmegaConf.update(cfg, key, value, force_add=True)
-    (d / "config.yaml").write_text(yaml.safe_dump(OmegaConf.to_container(cfg)))
-    rng = random.Random(f"{name}")
-    if status == "failed":
-        (d / "failed.json").write_text(json.dumps({"error": f"CUDA out of memory in {name}", "strategy": strategy,
-                                                   "model": "tiny", "data": "digits", "seed": seed}))
-    if status != "finished":
-        return d
-    rows = ["epoch,step,train/loss,val/acc"]
-    for e in range(epochs):
-        rows += [f"{e},{2 * e},{rng.random():.4f},", f"{e},{2 * e + 1},,{rng.uniform(0.3, 0.9)}"]
-    (d / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
-    metrics = {"test/acc": rng.uniform(0.5, 0.95), "test/f1": rng.uniform(0.4, 0.9), "test/precision": rng.random(),
-               "test/recall": rng.random(), "val/acc_best": rng.random(), "strategy": strategy, "model": "tiny",
-               "data": "digits", "seed": seed, "trainable_params": 485 if strategy == "linear_probe" else 373173,
-               "total_params": 373173, "fit_seconds": rng.uniform(1, 10), "epochs": epochs}
-    (d / "metrics.json").write_text(json.dumps(metrics))
-    return d
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def table_line(md: str, label: str) -> str:

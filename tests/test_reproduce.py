@@ -16,15 +16,16 @@ import time
 from pathlib import Path
 
 import pytest
-from transferlab.plan import resolve
 import yaml
-from conftest import BIN, FAST, ONE_THREAD, cli, run_dirs, torch_threads, train
+from helpers import BIN, FAST, ONE_THREAD, cli, compose, run_dirs, torch_threads, train
 
 from transferlab.cli.reproduce import COMPARED
+from transferlab.plan import resolve
+
 
 @pytest.fixture(scope="module")
 def original(tmp_path_factory) -> Path:
-    """One finished run (CPU, conftest.FAST), trained in this process: tl-train's code path without its start-up."""
+    """One finished run (CPU, helpers.FAST), trained in this process: tl-train's code path without its start-up."""
     run_dir = tmp_path_factory.mktemp("original") / "run"
     with torch_threads(1):
         train(run_dir)
@@ -190,8 +191,6 @@ def test_resumed_run_ends_with_the_uninterrupted_runs_metrics(resumed):
 
 @pytest.mark.slow
 def test_resume_refuses_a_run_that_already_finished(resumed):
-    from conftest import compose
-
     from transferlab import run
     from transferlab.errors import ConfigError
 

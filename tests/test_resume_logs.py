@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 import pytest
-from conftest import FAST
+from helpers import FAST
 from pytorch_lightning import Callback
 from wandb_reader import metric, read_run
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, ONE_THREAD, cli, compose, train
+from helpers import BIN, ONE_THREAD, cli, compose, train
 
 from transferlab import runs
 from transferlab.plan import resolve

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FAST, ONE_THREAD, cli, compose, train
+from helpers import FAST, ONE_THREAD, cli, compose, train
 from omegaconf import OmegaConf
 
 import transferlab

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from transferlab.plan import resolve
-from conftest import cli, train
+from helpers import FAST, cli, compose, fake_run, read_csv, train
 from pytorch_lightning import Callback
-from test_report import fake_run, read_csv
 
 from transferlab.errors import ConfigError
+from transferlab.plan import resolve
 from transferlab.reports import write_report
 
 
@@ -88,8 +87,6 @@ class OptimizerRates(Callback):
 
 
 def test_each_group_records_the_rate_it_trained_at_on_the_first_and_the_last_step(tmp_path, one_torch_thread):
-    from conftest import compose
-
     from transferlab import run
 
     seen = OptimizerRates()
@@ -115,8 +112,6 @@ def test_a_linear_probe_backbone_trains_at_zero(tmp_path, one_torch_thread):
 
 @pytest.mark.slow
 def test_a_sweep_with_select_by_reports_each_strategy_at_its_best_rate(tmp_path):
-    from conftest import FAST
-
     proc = cli("tl-train", "-m", *FAST, "source=none", "trainer.max_epochs=2", "strategy=finetune,linear_probe",
                "optimizer.lr=1e-3,1e-2", "seed=1", "hydra.callbacks.report.select_by=val/acc_best",
                f"paths.output_dir={tmp_path / 'out'}", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import pytest
-from transferlab.plan import resolve
 import torch
-from conftest import train
+from helpers import FAST, compose, train
+
+from transferlab.plan import resolve
 
 
 @pytest.mark.parametrize("switch", ["model.channels_last=true", "model.grad_checkpointing=true",
@@ -21,7 +22,6 @@ def test_speed_switches_train_and_keep_checkpoint_keys(tmp_path, switch):
 
 def test_channels_last_gives_the_same_loss_as_contiguous(tmp_path):
     torch.manual_seed(0)
-    from conftest import compose
 
     from transferlab import run
 
@@ -55,7 +55,6 @@ def test_the_progress_bar_reads_the_loss_once_per_logging_interval_not_every_ste
             self.reads_before.append(len(reads))
 
     steps = Steps()
-    from conftest import FAST, compose
 
     from transferlab import run
 

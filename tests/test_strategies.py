@@ -2,37 +2,11 @@
 from __future__ import annotations
 
 import pytest
-from transferlab.plan import resolve
 import torch
-from conftest import train
-from omegaconf import OmegaConf
-from pytorch_lightning import Callback
+from helpers import FAST, StageWatcher, backbone_state, compose, source_checkpoint, train
 
 from transferlab.models.checkpoint import read_checkpoint
-
-
-class StageWatcher(Callback):
-    """Records, per epoch, which backbone stages had any parameter change."""
-
-    def __init__(self):
-        self.changed: list[set[int]] = []
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self._before = {n: p.detach().clone() for n, p in pl_module.model.backbone.named_parameters()}
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        model = pl_module.model
-        self.changed.append({model.stage_of[n] for n, p in model.backbone.named_parameters()
-                             if not torch.equal(p.detach(), self._before[n])})
-
-
-def backbone_state(ckpt_path) -> dict[str, torch.Tensor]:
-    state = read_checkpoint(ckpt_path)["state_dict"]
-    return {k[len("model.backbone."):]: v for k, v in state.items() if k.startswith("model.backbone.")}
-
-
-def source_checkpoint(run_dir):
-    return OmegaConf.load(run_dir / "config.yaml").model.checkpoint
+from transferlab.plan import resolve
 
 
 def test_linear_probe_keeps_every_backbone_tensor_and_bn_buffer_bit_identical(tmp_path):
@@ -52,7 +26,6 @@ def test_linear_probe_keeps_every_backbone_tensor_and_bn_buffer_bit_identical(tm
 def test_partial_freezes_exactly_the_first_stages(tmp_path):
     watcher = StageWatcher()
     from transferlab import run
-    from conftest import FAST, compose
 
     run.train(resolve(compose(*FAST, "strategy=partial", "strategy.freeze_stages=2", run_dir=tmp_path)), callbacks=[watcher])
     assert watcher.changed == [{2, 3, 4}] * 3
@@ -64,7 +37,6 @@ def test_partial_freezes_exactly_the_first_stages(tmp_path):
 
 def test_gradual_unfreezes_one_stage_from_the_top_per_milestone(tmp_path):
     from transferlab import run
-    from conftest import FAST, compose
 
     watcher = StageWatcher()
     run.train(resolve(compose(*FAST, "strategy=gradual", "strategy.milestones=[1,2]", run_dir=tmp_path)), callbacks=[watcher])
@@ -73,7 +45,6 @@ def test_gradual_unfreezes_one_stage_from_the_top_per_milestone(tmp_path):
 
 def test_lp_ft_switches_from_probing_to_finetuning_at_lp_epochs(tmp_path):
     from transferlab import run
-    from conftest import FAST, compose
 
     watcher = StageWatcher()
     run.train(resolve(compose(*FAST, "strategy=lp_ft", "strategy.lp_epochs=2", run_dir=tmp_path)), callbacks=[watcher])

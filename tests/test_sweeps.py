@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, FAST, ONE_THREAD, REPO, cli, compose
+from helpers import BIN, FAST, ONE_THREAD, REPO, by_state, cli, compose, study_trials, trial_dirs
 from wandb_reader import metric, read_run
 
 from transferlab.plan import resolve
 
 # Subprocess jobs train with one intra-op thread: on 2 busy cores, 2 threads make these tiny runs
 # 10x slower (measured 0.6 s vs 8 s of fit time) and change no number a test compares.
-EPOCHS = 3  # trainer.max_epochs in conftest.FAST
+EPOCHS = 3  # trainer.max_epochs in helpers.FAST
 
 
 def jobs(root: Path, keys=("optimizer.lr", "strategy")) -> dict[tuple, Path]:
@@ -203,33 +203,6 @@ def optuna_search(tmp_path: Path, *overrides, wait: bool = True):
         return cli("tl-train", *args, cwd=tmp_path, env=ONE_THREAD)
     return subprocess.Popen([str(BIN / "tl-train"), *args], cwd=tmp_path, env={**os.environ, **ONE_THREAD},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-
-def study_trials(url: str, name: str) -> list:
-    """Read through the project's own opener: it takes the storage's file lock, so polling a study that a
-    running search is still creating never races it to create the schema."""
-    import optuna
-
-    from transferlab.studies import open_storage
-
-    return optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(deepcopy=False)
-
-
-def by_state(trials) -> dict[str, list]:
-    out: dict[str, list] = {}
-    for t in trials:
-        out.setdefault(t.state.name, []).append(t)
-    return out
-
-
-def trial_dirs(root: Path) -> dict[int, list[Path]]:
-    """Run directories of Optuna trials under ``root``: trial number -> directories (one, unless re-run)."""
-    out: dict[int, list[Path]] = {}
-    for config in root.rglob("config.yaml"):
-        trial = (yaml.safe_load(config.read_text()) or {}).get("optuna_trial")
-        if trial and config.parent.name not in (".hydra", "files"):  # Hydra's and W&B's copies
-            out.setdefault(trial["number"], []).append(config.parent)
-    return out
 
 
 def epochs_trained(run_dir: Path) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ONE_THREAD, cli
+from helpers import ONE_THREAD, cli
 
 # One epoch on 10 images per class, no source run, CSV only: a trial takes a second or two.
 TINY = ["hparams_search=optuna", "source=none", "logger=csv", "trainer.max_epochs=1",

@@ -6,29 +6,13 @@ import json
 import os
 
 import pytest
-from transferlab.plan import resolve
 import torch
-from conftest import cli, compose
+from helpers import SOURCE, TEXT, StageWatcher, backbone_state, cli, compose, source_checkpoint, text_run
 from pytorch_lightning import Callback
-from test_strategies import StageWatcher, backbone_state, source_checkpoint
+
+from transferlab.plan import resolve
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-# A small corpus for the tokenizer, a small target set, a one-epoch MLM source run: every test shares
-# the tokenizer and the source run through the session's cache.
-CORPUS = "model.tokenizer.train_on=['data=synthetic_text','data.domain=source','data.num_samples=400']"
-MLM_SOURCE = ("source.overrides=['data=synthetic_text','data.domain=source','data.num_samples=400','task=mlm',"
-              "'source=none','strategy=finetune','logger=csv','trainer.max_epochs=1','trainer.enable_progress_bar=false']")
-TEXT = ["model=tiny_bert", CORPUS, "data=synthetic_text", "data.num_samples=160", "data.batch_size=16",
-        "tasks.main.column=topic", "logger=csv", "trainer.enable_progress_bar=false", "trainer.max_epochs=2"]
-SOURCE = [*TEXT, MLM_SOURCE]
-
-
-def text_run(tmp_path, *overrides, callbacks=()):
-    from transferlab import run
-
-    run.train(resolve(compose(*SOURCE, *overrides, run_dir=tmp_path)), callbacks=list(callbacks))
-    return json.loads((tmp_path / "metrics.json").read_text())
 
 
 def test_linear_probe_keeps_every_backbone_tensor_of_the_mlm_source_bit_identical(tmp_path):

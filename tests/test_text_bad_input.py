@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import cli
+from helpers import cli
 
 pytestmark = pytest.mark.slow
 

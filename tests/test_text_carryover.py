@@ -12,14 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
-from conftest import ONE_THREAD, cli
-from test_sweeps import by_state, study_trials, trial_dirs
-from test_preemption import interrupt
-from test_text import TEXT
+from helpers import ONE_THREAD, TEXT, by_state, cli, interrupt, study_trials, trial_dirs
 from wandb_reader import metric, read_run
 
-from transferlab.models.checkpoint import read_checkpoint
 from transferlab.metrics import COMPARED
+from transferlab.models.checkpoint import read_checkpoint
 
 pytestmark = pytest.mark.slow  # each test starts tl-train (torch, transformers, Lightning) 1-3 times
 

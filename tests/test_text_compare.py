@@ -8,7 +8,7 @@ import json
 import statistics
 
 import pytest
-from conftest import cli
+from helpers import cli
 
 pytestmark = pytest.mark.slow  # the MLM source run (~2 CPU-minutes) and 4 few-shot target runs
 

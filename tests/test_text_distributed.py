@@ -11,7 +11,7 @@ float summation order differs. LP-FT with one probing epoch
 from __future__ import annotations
 
 import pytest
-from test_distributed import METRIC_ABS, WEIGHT_ATOL, checkpoint, clean_env, csv_column, metrics, tl_train
+from helpers import METRIC_ABS, WEIGHT_ATOL, checkpoint, clean_env, csv_column, metrics, tl_train
 
 pytestmark = pytest.mark.slow  # two tl-train subprocesses, three processes in all (~80 s on 2 busy cores)
 

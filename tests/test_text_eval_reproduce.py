@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ONE_THREAD, cli, torch_threads
-from test_text import SOURCE
+from helpers import ONE_THREAD, cli, torch_threads
 
 from transferlab.cli.reproduce import COMPARED
 
@@ -19,7 +18,7 @@ pytestmark = pytest.mark.slow  # each console script starts torch, transformers 
 
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory):
-    from test_text import text_run as train
+    from helpers import text_run as train
 
     run_dir = tmp_path_factory.mktemp("text_original") / "run"
     with torch_threads(1):

@@ -10,8 +10,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import BIN, ONE_THREAD, compose
-from test_text import CORPUS
+from helpers import BIN, CORPUS, ONE_THREAD, compose
 
 # datasets' builders write arrow caches: a private one, set before datasets is imported.
 os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="hf-datasets-cache-")

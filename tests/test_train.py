@@ -5,7 +5,7 @@ import json
 
 import pytest
 import yaml
-from conftest import FAST, FAST_SOURCE, cli, run_dirs, train
+from helpers import FAST, FAST_SOURCE, cli, run_dirs, train
 
 from transferlab.errors import TrainingError
 

@@ -11,10 +11,10 @@ import os
 
 import pytest
 import yaml
-from conftest import train
+from helpers import train
 from wandb_reader import WandbFileError, metric, read_records, read_run
 
-EPOCHS = 3  # trainer.max_epochs in conftest.FAST
+EPOCHS = 3  # trainer.max_epochs in helpers.FAST
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

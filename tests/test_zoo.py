@@ -6,7 +6,7 @@ import gc
 
 import pytest
 import torch
-from conftest import compose, torch_threads
+from helpers import compose, torch_threads, train
 
 from transferlab.errors import ConfigError, TransferlabError
 from transferlab.models import from_checkpoint
@@ -131,8 +131,6 @@ def test_heads_read_the_width_after_a_conv_head(tmp_path):
 
 
 def test_a_fixed_size_model_is_built_for_the_data_size_and_rebuilt_from_its_checkpoint(tmp_path):
-    from conftest import train
-
     # DeiT is built for 224 px; digits are fed at 32 px: its patch grid is rebuilt for 32 (2x2 patches)
     metrics = train(tmp_path, "model=tiny", "model.name=deit_tiny_patch16_224", "source=none", "strategy=finetune",
                     "trainer.max_epochs=1")
