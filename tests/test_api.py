@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from helpers import FAST, ONE_THREAD, cli, torch_threads
+from helpers import FAST, ONE_THREAD, process, torch_threads
 
 import transferlab
 
@@ -17,7 +17,8 @@ SETTINGS = {"finetune": ["strategy=finetune", "seed=1"], "linear_probe": ["strat
 
 @pytest.mark.slow
 def test_two_calls_in_one_process_give_what_the_command_line_gives_for_each(tmp_path):
-    """The command line runs as a subprocess: its metrics are what the API must match."""
+    """The command line runs in a process of its own, as a user types it: its metrics are what the API must
+    match."""
     from hydra.core.global_hydra import GlobalHydra
 
     with torch_threads(1):  # the command lines below run with one thread too (float sums depend on it)
@@ -32,7 +33,7 @@ def test_two_calls_in_one_process_give_what_the_command_line_gives_for_each(tmp_
 
     for name, overrides in SETTINGS.items():
         out = tmp_path / "cli" / name
-        done = cli("tl-train", *FAST, *overrides, f"hydra.run.dir={out}", cwd=tmp_path, env=ONE_THREAD)
+        done = process("tl-train", *FAST, *overrides, f"hydra.run.dir={out}", cwd=tmp_path, env=ONE_THREAD)
         assert done.returncode == 0, done.stderr[-3000:]
         expected = json.loads((out / "metrics.json").read_text())
         result = results[name]

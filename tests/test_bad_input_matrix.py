@@ -4,18 +4,18 @@ For each case the command must exit non-zero, print a message on stderr that nam
 show no Python traceback (a traceback means transferlab did not recognise the mistake as the user's),
 and leave no ``metrics.json`` behind.
 
-Each case is a real subprocess (``helpers.cli``); they take ~6-8 s of imports each, so the module
-fixture runs every selected case up front, two at a time, and each parametrized test checks one
-result. The files the cases need (images, a CSV manifest, a real transferlab checkpoint, a timm
-checkpoint of another architecture, a truncated checkpoint, a finished run with broken files) are
-written once into a temporary folder.
+Each case runs its console script's ``main()`` in this process (``helpers.cli``: argv, working folder,
+captured stdout/stderr, the exit status of ``SystemExit``); that the same refusal reaches a user as a
+process's exit status with no traceback is tests/test_console.py's. The module fixture runs every
+selected case up front and each parametrized test checks one result. The files the cases need (images,
+a CSV manifest, a real transferlab checkpoint, a timm checkpoint of another architecture, a truncated
+checkpoint, a finished run with broken files) are written once into a temporary folder.
 """
 from __future__ import annotations
 
 import csv
 import json
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 # Every tl-train case: no source run, nothing but CSV logs, one epoch if it ever got that far.
 TRAIN = ["source=none", "logger=csv", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
 IMAGES = ["model=tiny", "data.input_size=32", "data.num_workers=0", "data.batch_size=8"]
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two subprocesses at a time on 2 cores
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 @dataclass
@@ -160,7 +160,7 @@ def make_files(f: Path) -> None:
 
 @pytest.fixture(scope="module")
 def results(request, tmp_path_factory):
-    """Run every selected case (two subprocesses at a time); name -> (CompletedProcess, its cwd, files dir)."""
+    """Run every selected case; name -> (CompletedProcess, its cwd, files dir)."""
     f = tmp_path_factory.mktemp("bad_input_files")
     make_files(f)
     selected = {item.callspec.params["name"] for item in request.session.items
@@ -180,8 +180,7 @@ def results(request, tmp_path_factory):
         return name, (cli(case.command, *args, cwd=cwd, env=ONE_THREAD, timeout=300), cwd, f)
 
     before = {p: p.stat().st_mtime_ns for p in f.rglob("*")}
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        cases = dict(pool.map(run, sorted(selected)))
+    cases = dict(map(run, sorted(selected)))
     return {"cases": cases, "files": f, "before": before}
 
 

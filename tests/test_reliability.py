@@ -10,7 +10,10 @@
   leaking file descriptors, memory or child processes.
 - W&B online with no API key and no server: the run goes on, warns, and logs offline.
 
-Subprocesses are started as a user would (console scripts), with one intra-op thread each.
+The untrusted-file cases run each console script's ``main()`` in this process (``helpers.cli``). The secret,
+sweep and W&B tests start ``tl-train`` as a user would, because what they check belongs to the process: the
+umask it was started with, the children and file descriptors it leaves, and W&B's set-up in a process whose
+environment has no W&B variables. Each runs with one intra-op thread.
 """
 from __future__ import annotations
 
@@ -24,13 +27,12 @@ import shutil
 import stat
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import BIN, FAST, FAST_SOURCE, train
+from helpers import BIN, FAST, FAST_SOURCE, ONE_THREAD, cli, train
 from wandb_reader import find_wandb_file, metric, read_run
 
 from transferlab import redact, runs
@@ -49,13 +51,6 @@ def run_cli(command: str, *args, cwd: Path, env: dict | None = None, drop: tuple
     full.update({"OMP_NUM_THREADS": "1"}, **(env or {}))
     return subprocess.run([str(BIN / command), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=full, preexec_fn=None if umask is None else (lambda: os.umask(umask)))
-
-
-def concurrently(jobs: dict) -> dict:
-    """Run ``{name: zero-argument callable}`` two at a time; ``{name: result}``."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(fn) for name, fn in jobs.items()}
-        return {name: f.result() for name, f in futures.items()}
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +213,8 @@ def snapshot(folder: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def untrusted(finished_run, tmp_path_factory):
-    """Plant every untrusted file, then run each command on it (two at a time).
+    """Plant every untrusted file, then run each command on it through its ``main()`` in this process (a
+    planted payload that ran would leave its marker all the same).
 
     Returns ``{case: (result, marker, target dir or file, files before)}``; a marker exists only if the
     planted code ran.
@@ -308,9 +304,9 @@ def untrusted(finished_run, tmp_path_factory):
         cwd.mkdir()
         before = snapshot(target) if target.is_dir() else None
         extra = [f"paths.output_dir={cwd / 'outputs'}"] if command != "tl-reproduce" else []
-        return run_cli(command, *args, *extra, cwd=cwd), markers / name, target, before
+        return cli(command, *args, *extra, cwd=cwd, env=ONE_THREAD), markers / name, target, before
 
-    return concurrently({name: (lambda n=name, c=c: run(n, *c)) for name, c in cases.items()})
+    return {name: run(name, *case) for name, case in cases.items()}
 
 
 def _refused(result, *says):

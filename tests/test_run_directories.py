@@ -93,7 +93,7 @@ def snapshot(root: Path) -> dict[str, tuple]:
 def test_no_sweep_of_any_command_writes_into_a_folder_holding_a_finished_sweep(tmp_path):
     """tl-eval -m, tl-train -m and an Optuna search pointed at a finished sweep's folder are refused
     before anything is written: its runs' metrics.json, .hydra/ records and report stay as they were.
-    Subprocesses: Hydra's sweep launcher is what is tested."""
+    Through each console script's main(): Hydra's sweep launcher is what is tested."""
     sweep = tmp_path / "sweep"
     done = cli("tl-train", "-m", *RUN, "seed=1", f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr[-3000:]

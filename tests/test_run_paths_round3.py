@@ -215,8 +215,8 @@ def test_an_output_folder_with_an_interpolation_is_refused_before_it_is_created(
 @pytest.mark.parametrize("folder,said", [("out/b\\${x}", "error: the output folder"),
                                          ("out/b${x}", "error: hydra.run.dir=out/b${x} cannot be resolved")])
 def test_tl_train_refuses_an_interpolation_in_hydra_run_dir(tmp_path, folder, said):
-    """A subprocess: Hydra itself opens the run's log before any job code runs, so only the command
-    line shows whether the refusal comes first (exit code 2, one line, no folder left behind)."""
+    """Through tl-train's main(), not the API: Hydra itself opens the run's log before any job code runs, so
+    only the command line shows whether the refusal comes first (exit code 2, one line, no folder left behind)."""
     result = cli("tl-train", *TINY, *FAST[1:3], "data.train_per_class=10", f"hydra.run.dir={folder}",
                  cwd=tmp_path, env=ONE_THREAD, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]

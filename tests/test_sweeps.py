@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import BIN, FAST, ONE_THREAD, REPO, by_state, cli, compose, study_trials, trial_dirs
+from helpers import BIN, FAST, ONE_THREAD, REPO, by_state, cli, compose, process, study_trials, trial_dirs
 from wandb_reader import metric, read_run
 
 from transferlab.plan import resolve
 
-# Subprocess jobs train with one intra-op thread: on 2 busy cores, 2 threads make these tiny runs
+# Sweep jobs train with one intra-op thread: on 2 busy cores, 2 threads make these tiny runs
 # 10x slower (measured 0.6 s vs 8 s of fit time) and change no number a test compares.
 EPOCHS = 3  # trainer.max_epochs in helpers.FAST
 
@@ -575,12 +575,14 @@ def test_wandb_sweep_command_is_a_valid_override_list(monkeypatch, tmp_path):
 
 
 def test_wandb_sweep_command_runs_tl_train(tmp_path):
-    """The command the agent would run, for real (offline instead of online, with the fast test settings)."""
+    """The command the agent would run, for real (offline instead of online, with the fast test settings), in a
+    process of its own as the agent starts it: W&B reads the agent's variables (WANDB_RUN_ID ...) once per
+    process."""
     spec = sweep_spec()
     env, overrides = split_command(agent_command(spec, parameter_samples(spec)[0]))
     run_id = "sweeprun1"
-    result = cli("tl-train", *overrides, *FAST, "logger=many", f"paths.output_dir={tmp_path}", cwd=tmp_path,
-                 env={**env, **ONE_THREAD, "WANDB_MODE": "offline", "WANDB_RUN_ID": run_id})
+    result = process("tl-train", *overrides, *FAST, "logger=many", f"paths.output_dir={tmp_path}", cwd=tmp_path,
+                     env={**env, **ONE_THREAD, "WANDB_MODE": "offline", "WANDB_RUN_ID": run_id})
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = [p.parent for p in tmp_path.rglob("metrics.json")]
     assert run_dir.name == run_id

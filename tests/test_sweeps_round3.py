@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ONE_THREAD, cli
+from helpers import ONE_THREAD, process
 
 # One epoch on 10 images per class, no source run, CSV only: a trial takes a second or two.
 TINY = ["hparams_search=optuna", "source=none", "logger=csv", "trainer.max_epochs=1",
@@ -276,8 +276,8 @@ def test_a_postgres_storage_password_never_reaches_the_console_or_a_file(tmp_pat
     of a real ``tl-train`` process (its storage on port 1 cannot be opened)."""
     secret = "Pw4Round3zz"
     url = f"postgresql://user:{secret}@127.0.0.1:1/db"
-    result = cli("tl-train", *TINY, f"paths.output_dir={tmp_path}", "hydra.sweeper.n_trials=1",
-                 f"hydra.sweeper.storage={url}", cwd=tmp_path, env=ONE_THREAD)
+    result = process("tl-train", *TINY, f"paths.output_dir={tmp_path}", "hydra.sweeper.n_trials=1",
+                     f"hydra.sweeper.storage={url}", cwd=tmp_path, env=ONE_THREAD)
     assert result.returncode == 2
     (line,) = errors(result.stderr)
     assert "postgresql://user:***@127.0.0.1:1/db" in line, line

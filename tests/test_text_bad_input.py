@@ -1,12 +1,12 @@
-"""Bad text input, as a user types it: each case a real ``tl-train`` subprocess that must exit non-zero
-with one ``error:`` paragraph naming the bad value, no traceback and no metrics.json.
+"""Bad text input, as a user types it: each case ``tl-train``'s ``main()`` in this process (``helpers.cli``),
+which must exit non-zero with one ``error:`` paragraph naming the bad value, no traceback and no
+metrics.json (that such an exit reaches the shell as a process's status is tests/test_console.py's).
 
-The cases run up front, two at a time (each is mostly imports), and each test checks one result.
+The cases run up front and each test checks one result.
 """
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -60,10 +60,9 @@ def results(tmp_path_factory):
         other_data = any(o.startswith("data=") for o in overrides)  # then BASE's text_files keys do not apply
         base = [a for a in BASE if not (other_data and a.startswith(("data=", "data.")))]
         args = [a.format(f=f) for a in base + overrides] + [f"paths.run_dir={f / name}"]
-        return cli("tl-train", *args, cwd=f, env={"OMP_NUM_THREADS": "1"}, timeout=300)
+        return cli("tl-train", *args, cwd=f, env={"OMP_NUM_THREADS": "1"})
 
-    with ThreadPoolExecutor(2) as pool:
-        return f, dict(zip(CASES, pool.map(run, CASES)))
+    return f, {name: run(name) for name in CASES}
 
 
 @pytest.mark.parametrize("name", list(CASES))

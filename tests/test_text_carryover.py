@@ -2,7 +2,8 @@
 Optuna search (real SQLite study) whose trials log to W&B (offline files read back), and a run stopped
 by SIGTERM after its first epoch and resumed with ``tl-train resume=``.
 
-Every run is a ``tl-train`` subprocess with one intra-op thread; tokenizer from the session's cache.
+The search runs ``tl-train``'s ``main()`` in this process (``helpers.cli``), the stopped run a process of its own
+(a signal stops it), each with one intra-op thread; tokenizer from the session's cache.
 """
 from __future__ import annotations
 

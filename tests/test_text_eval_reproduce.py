@@ -2,7 +2,7 @@
 
 The run is an lp_ft transfer of the MLM-pretrained tiny BERT of tests/test_text.py (source run and
 tokenizer from the session's cache), trained in this process with one thread: tl-train's code path,
-so the subprocesses (one thread too) must give the very same numbers on CPU.
+so the console scripts (one thread too) must give the very same numbers on CPU.
 """
 from __future__ import annotations
 
