@@ -17,6 +17,8 @@ def _positive(value) -> bool:
 
 @pytest.mark.slow
 def test_bench_quick_reports_all_figures(tmp_path):
+    """As a user runs it, ``python scripts/bench.py`` in a process of its own: the script sets the process's
+    thread count for its timings, and its exit status and printed table are what is checked."""
     out = tmp_path / "out.json"
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--json", str(out)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300, env=dict(os.environ))

@@ -7,10 +7,9 @@ import json
 import os
 import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from helpers import BIN, CORPUS, ONE_THREAD, compose
+from helpers import BIN, CORPUS, ONE_THREAD, cli, compose
 
 # datasets' builders write arrow caches: a private one, set before datasets is imported.
 os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="hf-datasets-cache-")
@@ -112,9 +111,10 @@ def test_a_bad_text_column_names_the_value_and_the_datasets_columns(tmp_path):
 
 @pytest.fixture(scope="module")
 def processes(tmp_path_factory):
-    """The slow cases side by side, each mostly start-up: a run on a save_to_disk directory, a hub name
-    offline (what conftest sets), and a hub name with offline mode unset but a hub that refuses
-    connections: the data layer alone, in a fresh process that reads that environment."""
+    """The slow cases: a run on a save_to_disk directory and a hub name offline (what conftest sets), through
+    tl-train's main() in this process; and a hub name with offline mode unset but a hub that refuses
+    connections: the data layer alone, in a process of its own, because the hub client reads that
+    environment once per process."""
     root = tmp_path_factory.mktemp("hf_datasets")
     save_dataset_dict(root / "dd")
     online = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
@@ -122,20 +122,17 @@ def processes(tmp_path_factory):
               "from transferlab.data import create_splits; from transferlab.errors import DataError\n"
               "try: create_splits(compose_config(['data=hf_datasets', 'data.path=imdb']).data)\n"
               "except DataError as e: sys.exit(f'error: {e}')")
-    commands = {
-        "save_to_disk": [str(BIN / "tl-train"), *RUN, "data=hf_datasets", f"data.path={root / 'dd'}",
-                         "data.text_column=review", f"paths.run_dir={root / 'save_to_disk'}"],
-        "offline": [str(BIN / "tl-train"), *RUN, "data=hf_datasets", "data.path=imdb",
-                    f"paths.run_dir={root / 'offline'}"],
-        "unreachable": [str(BIN / "python"), "-c", script]}
-    envs = {"unreachable": {**online, "HF_ENDPOINT": "http://127.0.0.1:9"}}  # port 9 (discard): refused at once
-
-    def run(case):
-        return subprocess.run(commands[case], cwd=root, capture_output=True, text=True, timeout=300,
-                              env={**envs.get(case, os.environ), **ONE_THREAD})
-
-    with ThreadPoolExecutor(3) as pool:
-        return root, dict(zip(commands, pool.map(run, commands)))
+    unreachable = subprocess.Popen([str(BIN / "python"), "-c", script], cwd=root, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True,  # port 9 (discard): refused at once
+                                   env={**online, "HF_ENDPOINT": "http://127.0.0.1:9", **ONE_THREAD})
+    done = {"save_to_disk": cli("tl-train", *RUN, "data=hf_datasets", f"data.path={root / 'dd'}",
+                                "data.text_column=review", f"paths.run_dir={root / 'save_to_disk'}", cwd=root,
+                                env=ONE_THREAD),
+            "offline": cli("tl-train", *RUN, "data=hf_datasets", "data.path=imdb", f"paths.run_dir={root / 'offline'}",
+                           cwd=root, env=ONE_THREAD)}
+    out, err = unreachable.communicate(timeout=300)
+    done["unreachable"] = subprocess.CompletedProcess(unreachable.args, unreachable.returncode, out, err)
+    return root, done
 
 
 @pytest.mark.slow
