@@ -86,7 +86,7 @@ BAD = {  # name -> (kinds, arguments, error, what the message says)
     "no source head": (("leep", "nce"), (FEATURES, LABELS, None), ConfigError,
                        "needs the source model's own head outputs (its probabilities over the source classes); "
                        "it applies to transferlab source runs and timm models with a classifier; scores that need "
-                       "only features: logme, hscore"),
+                       "only features: hscore, logme"),
     "logits for probabilities": (("leep", "nce"), (None, LABELS, np.log(PROBS)), DataError,
                                  "source_probs must be probabilities"),
     "no features": (("logme", "hscore"), (None, LABELS, PROBS), DataError, "needs features"),

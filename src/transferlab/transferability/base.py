@@ -15,8 +15,6 @@ import numpy as np
 from transferlab.errors import ConfigError, DataError
 from transferlab.settings import Settings
 
-FEATURE_SCORES = "logme, hscore"  # named when a score that needs the source head cannot have it
-
 
 @dataclass(kw_only=True)
 class Score(Settings):
@@ -44,9 +42,12 @@ class Score(Settings):
         features = self._matrix(features, "features", len(labels)) if self.needs_features else None
         if self.needs_source_head:
             if source_probs is None:
+                from transferlab.transferability import SCORES
+
+                feature_scores = ", ".join(sorted(e.name for e in SCORES.entries() if not e.cls.needs_source_head))
                 raise ConfigError(f"{name} needs the source model's own head outputs (its probabilities over the "
                                   f"source classes); it applies to transferlab source runs and timm models with a "
-                                  f"classifier; scores that need only features: {FEATURE_SCORES}")
+                                  f"classifier; scores that need only features: {feature_scores}")
             source_probs = self._matrix(source_probs, "source_probs", len(labels))
             sums = source_probs.sum(axis=1)
             bad = np.flatnonzero((source_probs < 0).any(axis=1) | (np.abs(sums - 1) > 1e-3))
