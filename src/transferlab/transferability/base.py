@@ -75,6 +75,17 @@ class Score(Settings):
         return value
 
 
+def onehot(index: np.ndarray, n: int) -> np.ndarray:
+    """The N x n indicator matrix of class indices 0..n-1."""
+    return (index[:, None] == np.arange(n)).astype(np.float64)
+
+
+def joint(classes: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """The empirical joint P(y, z) (C x Z) of target classes y and source predictions θ (N x Z, soft or one-hot):
+    what LEEP and NCE both read the source head through."""
+    return onehot(classes, classes.max() + 1).T @ theta / len(classes)
+
+
 def weighted_tau(scores, accuracies) -> float:
     """Weighted Kendall τ (Vigna 2015): rank agreement in which swaps among the top models cost the most,
     the ones a ranking is used to pick."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from transferlab.transferability import SCORES
-from transferlab.transferability.base import Score
+from transferlab.transferability.base import Score, joint
 
 
 @SCORES.register("leep")
@@ -25,9 +25,8 @@ class LEEP(Score):
 
     def score(self, features, labels, source_probs=None) -> float:
         _, classes, theta = self.inputs(features, labels, source_probs)
-        onehot = (classes[:, None] == np.arange(classes.max() + 1)).astype(np.float64)
-        joint = onehot.T @ theta / len(classes)  # C x Z
-        marginal = joint.sum(axis=0)
-        conditional = np.divide(joint, marginal, out=np.zeros_like(joint), where=marginal > 0)  # P(y | z)
+        p = joint(classes, theta)
+        marginal = p.sum(axis=0)
+        conditional = np.divide(p, marginal, out=np.zeros_like(p), where=marginal > 0)  # P(y | z)
         expected = (theta * conditional[classes]).sum(axis=1)  # > 0: any z with θ_z(x_i) > 0 has P(y_i, z) > 0
         return float(np.log(expected).mean())

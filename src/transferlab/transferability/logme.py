@@ -15,7 +15,7 @@ import numpy as np
 
 from transferlab.settings import POSITIVE, POSITIVE_INT, setting
 from transferlab.transferability import SCORES
-from transferlab.transferability.base import Score
+from transferlab.transferability.base import Score, onehot
 
 _LIMIT = 1e12  # α, β stay in [1/_LIMIT, _LIMIT]: a perfect fit or features orthogonal to y sends one to infinity
 
@@ -76,6 +76,5 @@ class LogME(Score):
 
     def score(self, features, labels, source_probs=None) -> float:
         features, classes, _ = self.inputs(features, labels, source_probs)
-        onehot = (classes[:, None] == np.arange(classes.max() + 1)).astype(np.float64)
-        _, _, evidence = maximise(features, onehot, self.tol, self.max_iter)
+        _, _, evidence = maximise(features, onehot(classes, classes.max() + 1), self.tol, self.max_iter)
         return float(evidence.mean() / len(features))

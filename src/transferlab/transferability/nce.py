@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from transferlab.transferability import SCORES
-from transferlab.transferability.base import Score
+from transferlab.transferability.base import Score, joint, onehot
 
 
 @SCORES.register("nce")
@@ -24,8 +24,7 @@ class NCE(Score):
 
     def score(self, features, labels, source_probs=None) -> float:
         _, classes, theta = self.inputs(features, labels, source_probs)
-        joint = np.zeros((classes.max() + 1, theta.shape[1]))
-        np.add.at(joint, (classes, theta.argmax(axis=1)), 1.0 / len(classes))
-        marginal = np.broadcast_to(joint.sum(axis=0), joint.shape)
-        seen = joint > 0
-        return float((joint[seen] * np.log(joint[seen] / marginal[seen])).sum())
+        p = joint(classes, onehot(theta.argmax(axis=1), theta.shape[1]))
+        marginal = np.broadcast_to(p.sum(axis=0), p.shape)
+        seen = p > 0
+        return float((p[seen] * np.log(p[seen] / marginal[seen])).sum())
