@@ -196,10 +196,14 @@ def cli(command: str, *args, cwd: Path, env: dict | None = None,
     return subprocess.CompletedProcess([command, *args], code, out.getvalue(), err.getvalue())
 
 
-def process(command: str, *args, cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run a console script in a new process, exactly as a user would, capturing its output."""
+def process(command: str, *args, cwd: Path, env: dict | None = None, timeout: int = 600, drop: tuple = (),
+            umask: int | None = None) -> subprocess.CompletedProcess:
+    """Run a console script in a new process, exactly as a user would, capturing its output; ``drop`` removes
+    variables from the inherited environment, ``umask`` is the one the process starts with."""
+    environ = {k: v for k, v in os.environ.items() if k not in drop}
     return subprocess.run([str(BIN / command), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**environ, **(env or {})},
+                          preexec_fn=None if umask is None else (lambda: os.umask(umask)))
 
 
 # interrupt's run: 50 images per class in batches of 5: 50 steps an epoch, so a signal a second after the first

@@ -4,13 +4,12 @@ answers that need only the config (--help, --cfg, a misspelt option or choice, a
 before torch, timm or Lightning is imported."""
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import BIN, ONE_THREAD
+from helpers import ONE_THREAD, process
 
 from transferlab import CONF_DIR
 
@@ -25,9 +24,8 @@ HEAVY = ("torch", "timm", "pytorch_lightning", "lightning", "torchvision")
 
 def tl(command: str, *args, cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """A console script run as a user runs it: Python's warnings on (the suite turns them off)."""
-    environ = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
-    return subprocess.run([str(BIN / command), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**environ, **ONE_THREAD, **(env or {})})
+    return process(command, *args, cwd=cwd, env={**ONE_THREAD, **(env or {})}, timeout=timeout,
+                   drop=("PYTHONWARNINGS",))
 
 
 def banners(text: str) -> list[str]:

@@ -25,14 +25,13 @@ import re
 import secrets
 import shutil
 import stat
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import BIN, FAST, FAST_SOURCE, ONE_THREAD, cli, train
+from helpers import FAST, FAST_SOURCE, ONE_THREAD, cli, process, train
 from wandb_reader import find_wandb_file, metric, read_run
 
 from transferlab import redact, runs
@@ -46,11 +45,8 @@ NO_SOURCE.append("source=none")
 
 def run_cli(command: str, *args, cwd: Path, env: dict | None = None, drop: tuple = (), timeout: int = 300,
             umask: int | None = None):
-    """A console script as a user runs it; ``drop`` removes variables from the inherited environment."""
-    full = {k: v for k, v in os.environ.items() if k not in drop}
-    full.update({"OMP_NUM_THREADS": "1"}, **(env or {}))
-    return subprocess.run([str(BIN / command), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=full, preexec_fn=None if umask is None else (lambda: os.umask(umask)))
+    """A console script as a user runs it (``helpers.process``), with one intra-op thread."""
+    return process(command, *args, cwd=cwd, env={**ONE_THREAD, **(env or {})}, drop=drop, timeout=timeout, umask=umask)
 
 
 @pytest.fixture(scope="module")
