@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -136,6 +137,10 @@ SCRIPTS = {"tl-train": "train", "tl-eval": "eval", "tl-fuse": "fuse", "tl-report
            "tl-reproduce": "reproduce"}  # pyproject.toml's [project.scripts]: transferlab.cli.<module>:main
 
 
+_CLI = threading.Lock()  # held by a running cli() call
+_OUTSIDE: dict | None = None  # the environment outside the running cli() call, for process() to inherit
+
+
 def cli(command: str, *args, cwd: Path, env: dict | None = None,
         timeout: int | None = None) -> subprocess.CompletedProcess:
     """``command args`` through its console script's ``main()`` in this process, as ``process`` runs it in a
@@ -143,7 +148,11 @@ def cli(command: str, *args, cwd: Path, env: dict | None = None,
     count), stdout and stderr captured, the exit status from ``SystemExit`` (an uncaught exception prints its
     traceback and exits 1, as Python does). It spares each call the 6-15 s of imports a new process pays;
     what only a process shows (signals, DDP ranks, concurrent processes, the interpreter's start-up) goes
-    through ``process``. ``timeout`` is ``process``'s; a call here cannot be stopped from outside."""
+    through ``process``. ``timeout`` is ``process``'s; a call here cannot be stopped from outside. The argv,
+    working folder, environment, streams and Hydra state it sets belong to the whole process, so calls from
+    several threads run one after another (a process started meanwhile inherits the environment outside
+    the call)."""
+    global _OUTSIDE
     import importlib
     import io
     import logging
@@ -158,7 +167,9 @@ def cli(command: str, *args, cwd: Path, env: dict | None = None,
     names = ["", *logging.root.manager.loggerDict]
     loggers = {n: (lg.handlers[:], lg.level, lg.propagate, lg.disabled) for n in names
                if isinstance(lg := logging.getLogger(n or None), logging.Logger)}
+    _CLI.acquire()
     saved = sys.argv, os.getcwd(), dict(os.environ), warnings.showwarning
+    _OUTSIDE = saved[2]
     sys.argv = [command, *map(str, args)]
     os.environ.update(env or {})
     os.chdir(cwd)
@@ -193,6 +204,8 @@ def cli(command: str, *args, cwd: Path, env: dict | None = None,
             for h in set(lg.handlers) - set(handlers):
                 h.close()
             lg.handlers[:], lg.level, lg.propagate, lg.disabled = handlers, level, propagate, disabled
+        _OUTSIDE = None
+        _CLI.release()
     return subprocess.CompletedProcess([command, *args], code, out.getvalue(), err.getvalue())
 
 
@@ -200,7 +213,7 @@ def process(command: str, *args, cwd: Path, env: dict | None = None, timeout: in
             umask: int | None = None) -> subprocess.CompletedProcess:
     """Run a console script in a new process, exactly as a user would, capturing its output; ``drop`` removes
     variables from the inherited environment, ``umask`` is the one the process starts with."""
-    environ = {k: v for k, v in os.environ.items() if k not in drop}
+    environ = {k: v for k, v in (_OUTSIDE or os.environ).items() if k not in drop}
     return subprocess.run([str(BIN / command), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**environ, **(env or {})},
                           preexec_fn=None if umask is None else (lambda: os.umask(umask)))

@@ -140,9 +140,7 @@ def test_multitask_text_two_label_columns_and_text_plus_mlm_source(tmp_path):
 
 
 def test_text_files_run_from_csv_and_jsonl(tmp_path):
-    """Both formats as a user runs them, the two tl-train processes side by side (each mostly start-up)."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """Both formats as a user runs them."""
     from transferlab.data.synthetic_text import generate
 
     texts, topics, _ = generate(120, "target", 0.5, 0)
@@ -162,9 +160,8 @@ def test_text_files_run_from_csv_and_jsonl(tmp_path):
                    "data.text_column=review", "data.max_length=32", "trainer.max_epochs=1",
                    f"paths.run_dir={tmp_path / fmt}", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
 
-    with ThreadPoolExecutor(2) as pool:
-        results = dict(zip(("csv", "jsonl"), pool.map(run, ("csv", "jsonl"))))
-    for fmt, result in results.items():
+    for fmt in ("csv", "jsonl"):
+        result = run(fmt)
         assert result.returncode == 0, (fmt, result.stderr[-2000:])
         metrics = json.loads((tmp_path / fmt / "metrics.json").read_text())
         assert 0 <= metrics["test/acc"] <= 1 and metrics["data"] == "text_files"
