@@ -224,8 +224,12 @@ def test_per_task_metrics_and_the_monitored_task_in_metrics_json_and_csv(request
     for task in tasks:
         for m in METRICS:
             assert 0.0 <= metrics[f"test/{task}/{m}"] <= 1.0, (task, m)
-    for m in METRICS:  # the monitored task also under the plain names
+    for m in (*METRICS, "ece", "nll", "ece_calibrated"):  # the monitored task also under the plain names
         assert metrics[f"test/{m}"] == metrics[f"test/{monitor}/{m}"]
+    for task in tasks:  # every task's own confusion matrix; its diagonal is the task's accuracy
+        counts = [[int(v) for v in row[1:]] for row in list(csv.reader((r["dir"] / f"confusion_{task}.csv").open()))[1:]]
+        hits = sum(row[i] for i, row in enumerate(counts))
+        assert hits / sum(map(sum, counts)) == pytest.approx(metrics[f"test/{task}/acc"], abs=1e-6), task
     rows = csv_rows(r["dir"])
     val_rows = [row for row in rows if row.get(f"val/{monitor}/acc")]
     assert len(val_rows) == EPOCHS

@@ -9,6 +9,8 @@ from __future__ import annotations
 SPLITS = ("train", "val", "test")
 EVAL = "eval"  # ``eval/<set>/<metric>``: a run or fusion tested on one of its ``eval_sets`` (shifted data)
 CLASSIFICATION = ("acc", "precision", "recall", "f1")  # per evaluated task and split
+# eval.calibration: per task and test pass; *_calibrated after dividing the logits by the temperature fitted on val
+CALIBRATION = ("ece", "nll", "temperature", "ece_calibrated", "nll_calibrated")
 
 MONITOR = "val/acc"  # selects best.ckpt
 BEST = "val/acc_best"  # the best MONITOR value of a run (metrics.json; the default sweep objective)
@@ -17,6 +19,7 @@ PRIMARY = "test/acc"  # what the report ranks by
 HEADLINE = ("test/acc", "test/f1", BEST)  # printed at the end of a run
 SHOWN = ("test/acc", "test/f1")  # report.md columns
 COMPARED = ("test/acc", "test/f1", "test/precision", "test/recall", BEST)  # report.csv, tl-reproduce
+CALIBRATED = ("test/ece", "test/nll", "test/ece_calibrated")  # report columns of runs that have them
 
 
 def name(split: str, metric: str, task: str | None = None) -> str:
@@ -78,7 +81,7 @@ def per_epoch(objective: str) -> str:
     return objective.removesuffix("_best")
 
 
-LOWER_IS_BETTER = ("loss",)  # the last part of a metric name; every other metric here is better higher
+LOWER_IS_BETTER = ("loss", "ece", "nll", "ece_calibrated", "nll_calibrated")  # the last part of a metric name; every other metric here is better higher
 
 
 def higher_is_better(metric: str) -> bool:

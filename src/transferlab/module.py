@@ -16,6 +16,7 @@ from pytorch_lightning import LightningModule
 from transferlab import metrics as names
 from transferlab.data import batch_size
 from transferlab.errors import TrainingError
+from transferlab.evaluation import Evaluation, calibration, create_outputs
 from transferlab.models.network import TransferModel
 from transferlab.tasks import Task
 
@@ -23,7 +24,7 @@ from transferlab.tasks import Task
 class TransferModule(LightningModule):
     def __init__(self, model: TransferModel, tasks: list[Task], loss_weighting: torch.nn.Module,
                  optimizer_factory: Callable, scheduler_factory: Callable, monitor_task: str | None = None,
-                 compile_backbone: bool = False, hparams: dict | None = None):
+                 compile_backbone: bool = False, hparams: dict | None = None, evaluation: Evaluation | None = None):
         super().__init__()
         self.model, self.tasks, self.loss_weighting = model, tasks, loss_weighting
         self.optimizer_factory, self.scheduler_factory = optimizer_factory, scheduler_factory
@@ -37,6 +38,10 @@ class TransferModule(LightningModule):
         self.metrics = torch.nn.ModuleDict({f"{split}_{t.name}": names.create_metrics(t.num_classes)
                                             for split in ("val", "test") for t in tasks})
         self.register_buffer("val_acc_best", torch.tensor(float("-inf")))
+        self.evaluation = evaluation or Evaluation()
+        self.outputs = torch.nn.ModuleDict({t.name: create_outputs() for t in tasks if t.reads_labels})  # classes
+        self.collect: str | None = None  # None | "also" (and log as usual) | "only" (log nothing): see collecting
+        self.collected: dict[str, dict] = {}  # split -> task -> (logits, labels) of its last collecting pass
         self.first_bad = torch.tensor([-1.0, 0.0])  # (step, loss) of the first non-finite loss
         # Plain values (the config, the tasks, the family's record) so checkpoints load with weights_only=True
         # and models.from_checkpoint rebuilds the model from them alone.
@@ -100,6 +105,33 @@ class TransferModule(LightningModule):
         finally:
             self.test_split, self.test_streams = "test", self.streams
 
+    @contextmanager
+    def collecting(self, only: bool = False):
+        """Inside, evaluation passes also keep every task's logits and labels, for what needs a pass whole:
+        the confusion matrix (``collected``) and calibration (ECE and NLL, logged with the pass's metrics;
+        with a temperature when a validation pass was collected before). ``only``: a pass collects and logs
+        nothing (validation for the temperature, after training)."""
+        self.collect, self.collected = "only" if only else "also", {} if only else self.collected
+        try:
+            yield self.collected
+        finally:
+            self.collect = None
+
+    def _collected(self, split: str) -> None:
+        """The end of a collecting pass: its outputs gathered over ranks; a test pass logs its calibration."""
+        done = {name: self.outputs[name].compute() for name in self.outputs if name in self._evaluated}
+        for outputs in self.outputs.values():
+            outputs.reset()
+        self.collected[split] = done
+        if split == "val" or not self.evaluation.calibration:
+            return
+        for name, (logits, labels) in done.items():
+            values = calibration(logits, labels, self.evaluation.bins, self.collected.get("val", {}).get(name))
+            for key, value in values.items():
+                self.log(self.metric(split, key, name), value)
+                if name == self.monitor_task and len(self.tasks) > 1:
+                    self.log(names.name(split, key), value)
+
     def _metrics(self, split: str, task: str):
         return self.metrics[f"{'val' if split == 'val' else 'test'}_{task}"]  # evaluation sets: the test ones
 
@@ -108,6 +140,10 @@ class TransferModule(LightningModule):
         stream = (self.test_streams if split == self.test_split else self.streams)[dataloader_idx]
         losses, logits = self._task_losses(stream, inputs, labels)
         self._evaluated.update(losses)
+        for name in [n for n in losses if n in self.outputs] if self.collect else ():
+            self.outputs[name].update(logits[name], labels[next(t.column for t in self.tasks if t.name == name)])
+        if self.collect == "only":
+            return
         for name, value in losses.items():
             self.log(self.metric(split, "loss", name), value, batch_size=batch_size(inputs),
                      add_dataloader_idx=False, sync_dist=True)
@@ -133,11 +169,16 @@ class TransferModule(LightningModule):
                 self.log(names.BEST, self.val_acc_best)
 
     def on_validation_epoch_end(self):
-        self._log_epoch_metrics("val")
+        if self.collect != "only":
+            self._log_epoch_metrics("val")
+        if self.collect:
+            self._collected("val")
         self._evaluated.clear()
 
     def on_test_epoch_end(self):
         self._log_epoch_metrics(self.test_split)
+        if self.collect:
+            self._collected(self.test_split)
         self._evaluated.clear()
 
     def on_train_epoch_end(self):

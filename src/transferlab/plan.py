@@ -53,6 +53,7 @@ class Plan:
     multitask: object  # multitask.Multitask
     loggers: dict  # entry name -> tracking logger settings
     trainer: dict  # Lightning Trainer arguments
+    evaluation: object  # evaluation.Evaluation: what testing computes beyond the metrics of every pass
     steps: tuple = field(default=())  # what run.prepare does first: train a tokenizer, the source run
 
     def __repr__(self) -> str:
@@ -120,6 +121,7 @@ def _check_groups(config: DictConfig) -> None:
 def _typed(config: DictConfig) -> Plan:
     from transferlab import source as sources
     from transferlab.data import KINDS
+    from transferlab.evaluation import Evaluation
     from transferlab.models import FAMILIES
     from transferlab.multitask import Multitask
     from transferlab.optim import OPTIMIZERS, SCHEDULERS
@@ -151,7 +153,8 @@ def _typed(config: DictConfig) -> Plan:
                 tasks=tasks, task_data=task_data, strategy=STRATEGIES.parse(config.strategy, "strategy"),
                 optimizer=OPTIMIZERS.parse(config.optimizer, "optimizer"),
                 scheduler=SCHEDULERS.parse(config.scheduler, "scheduler"), multitask=multitask,
-                loggers=parse_loggers(config.get("logger")), trainer=to_plain(config.trainer), steps=tuple(steps))
+                loggers=parse_loggers(config.get("logger")), trainer=to_plain(config.trainer),
+                evaluation=Evaluation.parse(config.get("eval") or {}, "eval"), steps=tuple(steps))
     Trainer.parse(config.trainer, "trainer")
     OmegaConf.set_readonly(config, True)
     return plan

@@ -28,6 +28,7 @@ from transferlab.checkpoints import StreamingCheckpointIO, create_checkpoints
 from transferlab.config import to_plain
 from transferlab.data.datamodule import TransferDataModule, create_streams
 from transferlab.errors import ConfigError
+from transferlab.evaluation import confusion, per_class
 from transferlab.models import create_model
 from transferlab.module import TransferModule
 from transferlab.optim import create_optimizer, create_scheduler
@@ -38,10 +39,11 @@ from transferlab.tasks import Task, create_tasks
 log = logging.getLogger(__name__)
 
 
-def prepare(plan: Plan, steps: bool = True) -> None:
+def prepare(plan: Plan, steps: bool = True, claim: bool = True) -> None:
     """What must exist before building: this run's directory (taken by a new run; other ranks join rank
-    0's), then the plan's steps in order (a tokenizer to train, the source run to train)."""
-    if not plan.resumed and console.rank_zero():  # before the Trainer settles ranks
+    0's; ``claim=False``: a plan that only builds, writing no run), then the plan's steps in order (a
+    tokenizer to train, the source run to train)."""
+    if claim and not plan.resumed and console.rank_zero():  # before the Trainer settles ranks
         runs.claim(plan.run_dir)
     for step in plan.steps if steps else ():
         if not step.done():
@@ -90,7 +92,7 @@ def build(plan: Plan, loaded=None) -> Parts:
         optimizer_factory=partial(create_optimizer, cfg=plan.optimizer,
                                   stage_lr_scale=partial(strategy.lr_scale, num_stages=model.num_stages)),
         scheduler_factory=partial(create_scheduler, cfg=plan.scheduler), monitor_task=plan.multitask.monitor,
-        compile_backbone=plan.model.compile,
+        compile_backbone=plan.model.compile, evaluation=plan.evaluation,
         hparams={"config": scrub(to_plain(plan.config)), "tasks": [t.record() for t in tasks],
                  "family": model.family.record(model.backbone)})
     augment = any(stream["data"].augment.enabled for stream in streams.values())
@@ -203,7 +205,8 @@ def train(plan: Plan, callbacks: tuple[Callback, ...] = ()) -> dict:
         samples = trainer.strategy.reduce(torch.tensor(float(counter.samples), device=module.device), reduce_op="sum")
         trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
         tested = "best" if best.best_model_path else "last"
-        metrics = test(trainer, module, datamodule, eval_sets, ckpt_path=tested)
+        tables = {}
+        metrics = test(trainer, module, datamodule, eval_sets, ckpt_path=tested, tables=tables)
         metrics.update({
             names.BEST: float(module.val_acc_best), "strategy": plan.strategy.label, "model": plan.model.name,
             "data": plan.data.label, "seed": plan.seed, "epochs": trainer.current_epoch,
@@ -214,21 +217,49 @@ def train(plan: Plan, callbacks: tuple[Callback, ...] = ()) -> dict:
         for logger in loggers:  # W&B's summary and the CSV get what each group trained at
             logger.log_metrics(learning_rates, step=trainer.global_step)
         if trainer.is_global_zero:
+            write_tables(run_dir, module.tasks, tables, loggers)
             runs.RunDir(run_dir).write_metrics(metrics)
     return metrics
 
 
-def test(trainer, module, datamodule, eval_sets: dict, ckpt_path: str | None = None) -> dict:
-    """Test split, then each evaluation set, with the same weights: ``test/...`` and ``eval/<set>/...``."""
+def test(trainer, module, datamodule, eval_sets: dict, ckpt_path: str | None = None,
+         tables: dict | None = None) -> dict:
+    """Test split, then each evaluation set, with the same weights: ``test/...`` and ``eval/<set>/...``,
+    calibration among them (its temperature fitted on the validation split first, with those weights).
+    ``tables``, when given, receives each pass's confusion matrix per task: (split, task) -> matrix."""
     passes = [("test", module.streams, datamodule), *((names.eval_split(name), list(dm.streams), dm)
                                                       for name, dm in eval_sets.items())]
     metrics = {}
+    if module.evaluation.calibration:
+        with module.collecting(only=True):
+            trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     for split, streams, data in passes:
-        with module.testing_as(split, streams):
+        with module.testing_as(split, streams), module.collecting() as collected:
             trainer.test(module, datamodule=data, ckpt_path=ckpt_path, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()
                         if k.startswith(split + "/")})
+        for task in module.tasks if tables is not None else ():
+            if task.name in collected.get(split, {}):
+                tables[split, task.name] = confusion(*collected[split][task.name], task.num_classes)
     return metrics
+
+
+def write_tables(run_dir: Path, tasks: list[Task], tables: dict, loggers=()) -> None:
+    """Per task and pass: the confusion matrix (CSV and figure) and per-class precision, recall, F1 and
+    support by class name, in the run directory and to W&B (a table and an image, once)."""
+    from transferlab.reports.figure import plot_confusion
+
+    folder = runs.RunDir(run_dir)
+    by_name = {t.name: t for t in tasks}
+    for (split, name), matrix in tables.items():
+        classes = list(by_name[name].class_names)
+        scores = per_class(matrix)
+        rows = [[c, *(round(float(v[i]), 6) for v in scores[:3]), int(scores.support[i])] for i, c in enumerate(classes)]
+        folder.write_per_class(split, name, ["class", *scores._fields], rows)
+        folder.write_confusion(split, name, classes, matrix.tolist())
+        figure = plot_confusion(classes, matrix, folder.confusion(split, name, ".png"), f"{split}: {name}")
+        tracking.log_table(loggers, f"{split}/{name}/per_class", ["class", *scores._fields], rows)
+        tracking.log_image(loggers, f"{split}/{name}/confusion", figure)
 
 
 def _optuna_trial(plan: Plan, run_dir: Path) -> list[Callback]:
@@ -270,9 +301,11 @@ def evaluate(plan: Plan, loaded) -> dict:
     module, datamodule, eval_sets = build(plan, loaded)
     module.load_state_dict(loaded.state_dict, strict=False)
     trainer = create_trainer(plan, plan.run_dir)
-    with session(plan.run_dir, plan.loggers, None, trainer):
-        metrics = test(trainer, module, datamodule, eval_sets)
+    with session(plan.run_dir, plan.loggers, None, trainer) as loggers:
+        tables = {}
+        metrics = test(trainer, module, datamodule, eval_sets, tables=tables)
         metrics.update({"checkpoint": str(loaded.path), "model": plan.model.name, "data": plan.data.label})
         if trainer.is_global_zero:
+            write_tables(plan.run_dir, module.tasks, tables, loggers)
             runs.RunDir(plan.run_dir).write_metrics(metrics)
     return metrics

@@ -199,6 +199,22 @@ def log_config(loggers, config: dict) -> None:
         logger.log_hyperparams(scrub(config))
 
 
+def _wandb(loggers) -> list:
+    return [lg for lg in loggers if type(lg).__name__ == "WandbLogger"]
+
+
+def log_table(loggers, key: str, columns: list[str], rows: list[list]) -> None:
+    """A table once (W&B; the CSV log keeps scalars, the run directory has the file)."""
+    for logger in _wandb(loggers):
+        logger.log_table(key, columns=columns, data=rows)
+
+
+def log_image(loggers, key: str, path: Path) -> None:
+    """A figure once (W&B), not one per epoch."""
+    for logger in _wandb(loggers):
+        logger.log_image(key, [str(path)])
+
+
 def finish(loggers, status: str = "success") -> None:
     """End each logger's run, failed ones too, so every job of a multirun is its own W&B run."""
     from pytorch_lightning.utilities import rank_zero_only

@@ -104,6 +104,7 @@ def fuse(cfg: DictConfig) -> dict:
             score.trainer.save_checkpoint(path, weights_only=True)
             metrics["fused_checkpoint"] = str(path)
         _plot(fused, method, runs.RunDir(out).file(runs.FUSION_FIGURE))
+        run.write_tables(out, score.module.tasks, score.tables(chosen.metrics), loggers)
         _log(loggers, fused, metrics)
         runs.RunDir(out).write_metrics(metrics)
     return metrics

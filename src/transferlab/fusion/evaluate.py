@@ -24,6 +24,7 @@ class Evaluator:
         self.module, self.datamodule, self.eval_sets = run.build(plan, loaded)
         self.trainer = run.create_trainer(plan, plan.run_dir)
         self.base, self.recompute_bn = self.module.model, recompute_bn
+        self.scored: list[tuple[dict, dict]] = []  # (metrics, confusion matrices) of every model scored
 
     def _load(self, model: nn.Module, state: Mapping) -> nn.Module:
         model.load_state_dict(state)
@@ -47,7 +48,13 @@ class Evaluator:
             self.trainer.validate(self.module, datamodule=self.datamodule, verbose=False)
             metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()
                        if k.startswith("val/") and k != names.BEST}
-            metrics.update(run.test(self.trainer, self.module, self.datamodule, self.eval_sets))
+            tables = {}
+            metrics.update(run.test(self.trainer, self.module, self.datamodule, self.eval_sets, tables=tables))
         finally:
             self.module.model = self.base
+        self.scored.append((metrics, tables))
         return metrics
+
+    def tables(self, metrics: dict) -> dict:
+        """The confusion matrices of the model these ``metrics`` (as returned) were scored for."""
+        return next(tables for scored, tables in self.scored if scored is metrics)

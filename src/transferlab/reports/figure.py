@@ -109,6 +109,54 @@ def plot_alpha(rows: list[Row], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_confusion(classes: list[str], matrix, path: Path, title: str) -> Path:
+    """Counts with each row's share as the colour, so a rare class's failures show as clearly as a
+    frequent one's; the diagonal is what the model gets right."""
+    import numpy as np
+
+    counts = np.asarray(matrix)
+    share = counts / np.maximum(1, counts.sum(1, keepdims=True))
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(2.5 + 0.5 * n, 2 + 0.45 * n), layout="constrained")
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    if n <= 30:  # beyond that the numbers no longer fit their cells
+        for (i, j), count in np.ndenumerate(counts):
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
+                    color="white" if share[i, j] > 0.5 else "black")
+    ticks = range(n) if n <= 50 else []
+    ax.set_xticks(list(ticks), [classes[i] for i in ticks], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(list(ticks), [classes[i] for i in ticks], fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{title} (colour: share of the true class)", fontsize=9)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return _save(fig, path)
+
+
+def plot_ranking(candidates, scores, path: Path) -> Path:
+    """One panel per score, candidates sorted by it (best on top); with fine-tuned runs, a second row puts
+    each score against the accuracy fine-tuning reached, the agreement τ summarises."""
+    validated = [c for c in candidates if c.accuracy]
+    rows = 2 if len(validated) >= 2 else 1
+    fig, axes = plt.subplots(rows, len(scores), figsize=(4.2 * len(scores), 1.5 + 0.4 * len(candidates) + 3 * (rows - 1)),
+                             layout="constrained", squeeze=False)
+    for j, s in enumerate(scores):
+        ordered = sorted(candidates, key=lambda c: c.scores[s.kind])
+        ax = axes[0][j]
+        ax.barh(range(len(ordered)), [c.scores[s.kind] for c in ordered], color="tab:blue", alpha=0.8)
+        ax.set_yticks(range(len(ordered)), [c.label if len(c.label) <= 40 else c.label[:37] + "..." for c in ordered]
+                      if j == 0 else [str(len(ordered) - i) for i in range(len(ordered))], fontsize=7)
+        ax.set_title(f"{s.title} (higher = better)", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        if rows == 2:
+            ax = axes[1][j]
+            ax.scatter([c.scores[s.kind] for c in validated], [statistics.fmean(c.accuracy) for c in validated])
+            ax.set_xlabel(s.title, fontsize=8)
+            ax.set_ylabel("fine-tuned test/acc" if j == 0 else "", fontsize=8)
+            ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     """Written beside ``path`` and renamed into place: a failed write never leaves half a figure."""
     import os

@@ -216,6 +216,11 @@ def eval_metrics(rows: list[Row], metrics=("acc",)) -> list[str]:
     return sorted(k for k in found if k.count("/") == 2 and k.rsplit("/", 1)[1] in metrics)
 
 
+def calibrated(rows: list[Row], metrics=names.CALIBRATED[:1]) -> list[str]:
+    """The calibration columns the rows' runs have (runs from before ``eval.calibration`` have none)."""
+    return [m for m in metrics if any(m in r.metrics for row in rows for r in row.runs)]
+
+
 def study_lines(study: dict) -> list[str]:
     """The Optuna study behind a sweep (its optimization_results.yaml): trials, best value, importances."""
     trials = study.get("trials", {})
@@ -237,7 +242,7 @@ def markdown(rows: list[Row], runs: list[Run], run_labels: dict, dirs, figures: 
     for rare in ("pruned", "damaged"):  # only Optuna searches prune; damaged files are rare
         if not counts[rare]:
             del counts[rare]
-    shown = [*SHOWN, *eval_metrics(rows)]
+    shown = [*SHOWN, *eval_metrics(rows), *calibrated(rows)]
     passes = any(row.mean("forward_passes") > 1 for row in rows)  # an ensemble's cost beside its accuracy
     peaks = [m for m in LR_PEAKS if any(m in r.metrics for row in rows for r in row.runs)]
     chosen = [f"chosen on {select_by}", f"{select_by}"] if select_by else []
@@ -305,7 +310,7 @@ def markdown(rows: list[Row], runs: list[Run], run_labels: dict, dirs, figures: 
 
 def write_csv(path: Path, rows: list[Row], runs: list[Run], run_labels: dict) -> None:
     """Rows first (``kind=row``), then every run (``kind=run``) with its status, at full precision."""
-    evaluated = eval_metrics(rows, names.CLASSIFICATION)
+    evaluated = [*eval_metrics(rows, names.CLASSIFICATION), *calibrated(rows, names.CALIBRATED)]
     stats = [c for m in [*METRICS, *evaluated] for c in (m, f"{m}_std")]
     columns = ["kind", "label", "status", "best", "strategy", "model", "data", "seeds", "n_seeds", *stats,
                "trainable_params", "fit_seconds", "run_dir", "error", "chosen", *LR_PEAKS]

@@ -50,6 +50,12 @@ class RunDir:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    def confusion(self, split: str, task: str, suffix: str = ".csv", kind: str = "confusion") -> Path:
+        """``confusion_<task>.csv`` of the test split, ``confusion_<task>.eval-<set>.csv`` of an evaluation
+        set (``kind`` per_class: per-class precision, recall, F1 and support)."""
+        tail = "" if split == "test" else "." + split.replace("/", "-")
+        return self.path / f"{kind}_{task}{tail}{suffix}"
+
     # --- writing --------------------------------------------------------------------------------
     def write_config(self, config: dict) -> None:
         files.write_yaml(self.path / CONFIG, {saved.KEY: saved.VERSION, **{k: v for k, v in config.items()
@@ -62,6 +68,14 @@ class RunDir:
     def write_metrics(self, metrics: dict) -> None:
         """Written last: its presence means the run finished."""
         files.write_json(self.path / METRICS, metrics)
+
+    def write_confusion(self, split: str, task: str, classes: list[str], matrix: list[list[int]]) -> None:
+        """Rows: the true class, columns: the predicted one, both by name."""
+        files.write_csv(self.confusion(split, task), ["true \\ predicted", *classes],
+                        [[c, *row] for c, row in zip(classes, matrix)])
+
+    def write_per_class(self, split: str, task: str, columns: list[str], rows: list[list]) -> None:
+        files.write_csv(self.confusion(split, task, kind="per_class"), columns, rows)
 
     def write_failed(self, error: BaseException, describe: dict) -> None:
         files.write_json(self.path / FAILED, {"error": f"{type(error).__name__}: {error}", **describe})

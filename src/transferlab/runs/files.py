@@ -56,3 +56,14 @@ def write_json(path: Path, obj) -> None:
 
 def write_yaml(path: Path, obj) -> None:
     write_atomic(path, yaml.safe_dump(scrub(obj), sort_keys=False))
+
+
+def write_csv(path: Path, columns: list[str], rows: list[list]) -> None:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(columns)
+    writer.writerows(rows)
+    write_atomic(path, buf.getvalue())
