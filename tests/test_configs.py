@@ -28,7 +28,8 @@ FILES = sorted(CONF.rglob("*.yaml"))
 # Groups that exist only once another group is chosen: their options compose on top of it.
 NEEDS = {"hydra/sweeper/pruner": ["hparams_search=optuna"]}
 # Root configs' own required values (eval needs a checkpoint).
-ROOT_FILL = {"eval": ["ckpt_path=/runs/x/checkpoints/last.ckpt"], "fuse": ["runs=[/runs/a,/runs/b]"]}
+ROOT_FILL = {"eval": ["ckpt_path=/runs/x/checkpoints/last.ckpt"], "fuse": ["runs=[/runs/a,/runs/b]"],
+             "rank": ["candidates=[{source: none},{source: digits}]"]}
 # Models must say which backbone factory builds them: a family of the registry.
 FAMILIES = set(MODEL_FAMILIES.names())
 

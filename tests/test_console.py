@@ -131,6 +131,7 @@ CONFIG_ONLY = {  # command line -> (exit status, what the output says)
     "bad value": (["tl-train", "optimizer.lr=-1"], 2, "error: optimizer.lr=-1 is not valid: it must be a positive"),
     "eval without checkpoint": (["tl-eval"], 2, "error: ckpt_path is required"),
     "fuse with a bad alpha": (["tl-fuse", "method=wise_ft", "runs=[a,b]", "fusion.alphas=[2]"], 2, "fusion.alphas=[2] is not valid: it must be a non-empty list of numbers in [0, 1]"),
+    "rank with one candidate": (["tl-rank", "candidates=[{source: none}]"], 2, "error: tl-rank needs at least two candidates"),
     "report help": (["tl-report", "--help"], 0, "usage: tl-report"),
     "reproduce help": (["tl-reproduce", "--help"], 0, "usage: tl-reproduce"),
 }

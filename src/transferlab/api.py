@@ -21,7 +21,7 @@ from pathlib import Path
 
 from transferlab import runs
 
-__all__ = ["train", "evaluate", "fuse", "report", "Result"]  # transferlab.<name> (transferlab/__init__.py)
+__all__ = ["train", "evaluate", "fuse", "rank", "report", "Result"]  # transferlab.<name> (transferlab/__init__.py)
 
 
 @dataclass
@@ -164,6 +164,22 @@ def fuse(*overrides, run_dir=None) -> Result:
 
         metrics = act(task)
     return Result(Path(folder), metrics)
+
+
+def rank(*overrides, run_dir=None) -> Result:
+    """``tl-rank candidates=[...] ...``: score candidate sources by transferability (and fine-tune them when
+    asked); ``Result.metrics`` is the summary (per score the candidates in order, τ when validated)."""
+    from transferlab.config import set_value
+
+    given = [f"ranking={o.split('=', 1)[1]}" if o.startswith("experiment=") else o for o in _flat(overrides)]
+    task, hydra = _composed(given, "rank")
+    folder = _run_dir(hydra, run_dir)
+    set_value(task, "paths.run_dir", folder)
+    with _isolated(folder, "rank"):
+        from transferlab.transferability.rank import rank as act
+
+        summary = act(task)
+    return Result(Path(folder), summary)
 
 
 def report(*dirs, out=None, select_by: str | None = None):

@@ -6,6 +6,6 @@ rank correlations that judge a score against the accuracies fine-tuning really r
 """
 from transferlab.registry import Registry
 
-SCORES = Registry("rank.scores", "transferability score", package="transferlab.transferability", support=("base",))
+SCORES = Registry("rank.scores", "transferability score", package="transferlab.transferability", support=("base", "rank"))
 
 __all__ = ["SCORES"]
