@@ -31,7 +31,7 @@ class OptunaPruning(Callback):
             self.trial = load_trial(self.spec)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or trainer.state.fn != "fit":  # not the validation pass for calibration after fit
             return
         epoch, value, prune = trainer.current_epoch, trainer.callback_metrics.get(self.metric), False
         if trainer.is_global_zero:

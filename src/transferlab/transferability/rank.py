@@ -135,6 +135,7 @@ def candidate_config(cfg: DictConfig, cand: Candidate, run_dir: Path, extra: lis
     for key in ("data", "paths"):
         set_value(train, key, to_plain(cfg[key]))
     set_value(train, "seed", cfg.seed if seed is None else seed)
+    set_value(train, "tasks", {"main": {**to_plain(train.tasks.main), "column": cfg.column}})  # one task: the target's
     set_value(train, "paths.run_dir", str(run_dir))
     set_value(train, "eval_sets", {})
     return train
