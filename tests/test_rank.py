@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from helpers import FAST_SOURCE, cli, metrics, read_csv
+from helpers import CORPUS, FAST_SOURCE, cli, metrics, read_csv
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -114,6 +114,40 @@ def test_finished_runs_are_candidates_by_their_path(ranked, tmp_path):
     assert {label for label, _ in by_path.metrics["ranking"]["leep"]} == set(map(str, runs))
 
 
+# --- layers of one model -----------------------------------------------------------------------------
+
+def test_the_layers_of_a_timm_source_are_ranked_and_its_last_is_its_features(ranked, tmp_path):
+    import transferlab
+
+    layered = transferlab.rank(f"candidates=[{{name: source, source.overrides: {SOURCE}}}]", "layers=[1,2,3,4,5]",
+                               "scores=[logme,hscore]", f"paths.feature_cache={tmp_path / 'features'}",
+                               run_dir=tmp_path / "out")
+    rows = {r["candidate"]: r for r in read_csv(tmp_path / "out" / "ranking.csv")}
+    assert list(rows) == [f"source @ layer {k}" for k in range(1, 6)]
+    assert len({r["feature_dim"] for r in rows.values()}) > 1  # stages of different widths
+    assert len(list((tmp_path / "features").iterdir())) == 5  # an entry per layer, none shared
+    whole = next(r for r in read_csv(ranked[1].run_dir / "ranking.csv") if r["candidate"] == "source")
+    for score in ("logme", "hscore"):  # timm's last stage, average-pooled, is what the backbone gives the head
+        assert float(rows["source @ layer 5"][score]) == pytest.approx(float(whole[score]), rel=1e-6, abs=1e-9)
+    assert len(layered.metrics["ranking"]["logme"]) == 5
+
+
+def test_the_layers_of_a_text_encoder_are_ranked_and_its_last_is_its_features(tmp_path):
+    """A randomly initialised tiny BERT: its last encoder layer, mean-pooled, is what it gives the head."""
+    import transferlab
+
+    bert = "model: tiny_bert, " + CORPUS.replace("=", ": ", 1) + ", source: none"
+    text = ["data=synthetic_text", "data.num_samples=160", "column=topic", "scores=[logme]",
+            f"paths.feature_cache={tmp_path / 'features'}"]
+    layered = transferlab.rank(f"candidates=[{{name: bert, {bert}}}]", "layers=[1,2]", *text, run_dir=tmp_path / "layers")
+    whole = transferlab.rank(f"candidates=[{{name: bert, {bert}}}, {{name: bert again, {bert}}}]", *text,
+                             run_dir=tmp_path / "whole")
+    layers, features = dict(layered.metrics["ranking"]["logme"]), dict(whole.metrics["ranking"]["logme"])
+    assert set(layers) == {"bert @ layer 1", "bert @ layer 2"} and layers["bert @ layer 1"] != layers["bert @ layer 2"]
+    assert features["bert"] == features["bert again"]  # the same seed, the same random weights
+    assert layers["bert @ layer 2"] == pytest.approx(features["bert"], rel=1e-6)
+
+
 # --- bad input: a clear error naming the value, a config error's exit status, no traceback, no ranking ---
 
 def refused(tmp_path, *args):
@@ -157,6 +191,17 @@ def test_a_validate_directory_sharing_no_candidate_is_refused(ranked, tmp_path):
     err = refused(tmp_path, "candidates=[{name: a, source: none}, {name: b, source: none, model.name: test_efficientnet}]",
                   "scores=[logme]", f"validate={ranked[1].run_dir / 'finetune'}")
     assert "0 of the 2 candidates have finished runs under" in err and "at least two must match" in err
+
+
+def test_layers_beyond_the_model_and_source_head_scores_on_layers_are_refused(tmp_path):
+    one = f"candidates=[{{name: source, source.overrides: {SOURCE}}}]"
+    for case in ("beyond", "leep", "finetune"):
+        (tmp_path / case).mkdir()
+    assert "has 5 intermediate outputs to score (valid: 1..5), not 6" in refused(tmp_path / "beyond", one,
+                                                                                  "layers=[5,6]", "scores=[logme]")
+    assert "LEEP reads the source head, the same for every layer" in refused(tmp_path / "leep", one, "layers=[2,3]")
+    assert "nothing to validate a layer against" in refused(tmp_path / "finetune", one, "layers=[1,2]",
+                                                            "scores=[logme]", "finetune.seeds=[1]")
 
 
 def test_fine_tuning_on_other_data_is_refused(tmp_path):

@@ -65,6 +65,15 @@ class Family(Settings):
         """Pooled features ``[batch, num_features]``."""
         raise NotImplementedError
 
+    def layers(self, backbone) -> int:
+        """How many intermediate outputs ``encode_layer`` can pool (1 = nearest the input)."""
+        return 0
+
+    def encode_layer(self, backbone, inputs: Mapping, layer: int):
+        """Pooled features of intermediate output ``layer`` (1..``layers``): what an earlier layer would
+        transfer (tl-rank ``layers=``)."""
+        raise ConfigError(f"model '{self.name}' (model.kind={self.kind}) gives no intermediate layers to score")
+
     def encode_tokens(self, backbone, inputs: Mapping):
         """Features of single tokens (masked-language modelling), for families that read tokens."""
         raise ConfigError(f"model '{self.name}' (model.kind={self.kind}) reads {self.modality}s, which have no "

@@ -165,6 +165,15 @@ class HfFamily(Family):
         # layers 1..depth split into stages-1 contiguous groups, the earlier groups no smaller
         return {n: 0 if i == 0 else 1 + (i - 1) * (stages - 1) // depth for n, i in fine.items()}
 
+    def layers(self, backbone):
+        return backbone.config.num_hidden_layers
+
+    def encode_layer(self, backbone, inputs, layer):
+        """Encoder layer ``layer``'s states (``hidden_states[0]`` are the embeddings), pooled like ``encode``."""
+        fed = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        hidden = backbone(**fed, output_hidden_states=True).hidden_states[layer]
+        return POOLING[self.pooling](hidden, inputs["attention_mask"])
+
     def _hidden(self, backbone, inputs):
         fed = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         training = backbone.training

@@ -77,6 +77,16 @@ class TimmFamily(Family):
             x = x.contiguous(memory_format=torch.channels_last)
         return backbone(x)
 
+    def layers(self, backbone):
+        """timm's ``feature_info``: one entry per stage (ResNets, ConvNeXts) or block (ViTs)."""
+        return len(getattr(backbone, "feature_info", []) or []) if hasattr(backbone, "forward_intermediates") else 0
+
+    def encode_layer(self, backbone, inputs, layer):
+        if not hasattr(backbone, "forward_intermediates"):
+            return super().encode_layer(backbone, inputs, layer)
+        (out,) = backbone.forward_intermediates(inputs["pixel_values"], indices=[layer - 1], intermediates_only=True)
+        return out.mean((2, 3)) if out.ndim == 4 else out.mean(1)  # NCHW maps, or tokens
+
     def preprocessing(self, backbone):
         from timm.data import resolve_model_data_config
 

@@ -16,6 +16,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -46,6 +47,7 @@ class Candidate:
     fit_seconds: list = field(default_factory=list)  # and their fit_seconds: what a score saves
     dim: int = 0  # feature dimension
     key: tuple = ()  # the architecture and weights it starts from (``source_key``), to find its fine-tuned runs
+    layer: int | None = None  # an intermediate output scored instead of the backbone's features (``layers=``)
 
     @property
     def overrides(self) -> list[str]:
@@ -58,9 +60,16 @@ def candidates_of(cfg: DictConfig) -> list[Candidate]:
         raise ConfigError(f"candidates={specs!r} is not a list; give two or more, e.g. candidates='[{{model: tiny}}, "
                           f"{{source: none}}]' (tl-train overrides each) or run directories")
     out = [_candidate(spec, i) for i, spec in enumerate(specs)]
+    layers = list(cfg.get("layers") or [])
+    if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in layers):
+        raise ConfigError(f"layers={layers} is not valid: it must be a list of layer numbers >= 1 (1 = the output "
+                          f"nearest the input), or null for the backbone's features")
+    if layers:
+        out = [Candidate(f"{c.label} @ layer {k}", c.values, c.model, layer=k) for c in out for k in layers]
     if len(out) < 2:
         raise ConfigError(f"tl-rank needs at least two candidates to rank, got {len(out)}"
-                          f"{' (' + out[0].label + ')' if out else ''}; add others to compare it with")
+                          f"{' (' + out[0].label + ')' if out else ''}; add others to compare it with, or "
+                          f"layers=[...] to rank its layers")
     labels = [c.label for c in out]
     twice = next((x for x in labels if labels.count(x) > 1), None)
     if twice:
@@ -184,13 +193,24 @@ def extract(plan, cand: Candidate):
     transform = model.family.create_transform(model.family.preprocessing(model.backbone), stream["data"], False,
                                               stream["tasks"])
     start = time.perf_counter()
-    found = cached_features(model.backbone, model.encode, Transformed(stream["splits"]["train"], transform),
-                            plan.data.batch_size, plan.data.num_workers,
+    encode, digest = model.encode, None
+    if cand.layer is not None:
+        from transferlab.data.features import backbone_digest
+
+        available = model.family.layers(model.backbone)
+        if not 1 <= cand.layer <= available:
+            raise ConfigError(f"layers: model '{plan.model.name}' has {available} intermediate outputs to score "
+                              f"(valid: 1..{available}), not {cand.layer}" if available else
+                              f"layers: model '{plan.model.name}' gives no intermediate outputs to score")
+        encode = partial(model.family.encode_layer, model.backbone, layer=cand.layer)
+        digest = f"{backbone_digest(model.backbone)}/layer{cand.layer}"  # its own cache entry
+    found = cached_features(model.backbone, encode, Transformed(stream["splits"]["train"], transform),
+                            plan.data.batch_size, plan.data.num_workers, digest=digest,
                             cache_dir=plan.config.paths.get("feature_cache") and Path(plan.config.paths.feature_cache))
     cand.seconds["features"] = round(time.perf_counter() - start, 3)
     features = found.features.float()
     probs = None
-    if head is not None:
+    if head is not None and cand.layer is None:  # the head reads the backbone's features, not a layer's
         with torch.no_grad():
             probs = torch.softmax(head(features).double(), dim=1).numpy()
     cand.dim = features.shape[1]
@@ -216,6 +236,14 @@ def rank(cfg: DictConfig) -> dict:
         raise ConfigError(f"scores is empty; valid: {', '.join(SCORES.names())}")
     candidates = candidates_of(cfg)
     seeds = list(cfg.finetune.seeds or [])
+    if cfg.get("layers") and (seeds or cfg.get("validate")):
+        raise ConfigError("layers= ranks the layers of each candidate, and a fine-tuned run starts from the whole "
+                          "model, so there is nothing to validate a layer against; rank layers without "
+                          "finetune.seeds and validate")
+    if cfg.get("layers") and any(s.needs_source_head for s in scores):
+        head = next(s for s in scores if s.needs_source_head)
+        raise ConfigError(f"{head.title} reads the source head, the same for every layer; with layers= use scores "
+                          f"that read features: {', '.join(sorted(e.name for e in SCORES.entries() if not e.cls.needs_source_head))}")
     given = [str(o) for o in cfg.finetune.overrides or []]
     if any(o.lstrip("+~").split("=")[0].split(".")[0] in SHARED for o in given):
         bad = next(o for o in given if o.lstrip("+~").split("=")[0].split(".")[0] in SHARED)
