@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from helpers import CORPUS, FAST_SOURCE, cli, metrics, read_csv
+from helpers import CORPUS, FAST_SOURCE, MLM_SOURCE, cli, metrics, read_csv
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -175,6 +175,14 @@ def test_leep_on_a_candidate_without_a_source_head_says_which_scores_apply(tmp_p
                   "scores=[logme,leep]")
     assert "LEEP needs the source model's own head" in err and "candidate 'random'" in err
     assert "scores for every candidate: hscore, logme" in err
+
+
+def test_leep_on_an_mlm_source_says_its_head_predicts_tokens(tmp_path):
+    mlm = "model: tiny_bert, " + CORPUS.replace("=", ": ", 1) + ", " + MLM_SOURCE.replace("=", ": ", 1)
+    random = "model: tiny_bert, " + CORPUS.replace("=", ": ", 1) + ", source: none"
+    err = refused(tmp_path, f"candidates=[{{name: mlm, {mlm}}}, {{name: random, {random}}}]", "scores=[leep]",
+                  "data=synthetic_text", "data.num_samples=160", "column=topic")
+    assert "candidate 'mlm' has none: the tasks of" in err and "predict tokens, not classes" in err
 
 
 def test_an_unknown_score_names_the_valid_ones(tmp_path):

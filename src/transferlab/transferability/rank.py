@@ -184,6 +184,8 @@ def extract(plan, cand: Candidate):
             if source is not None:
                 head = model.heads[source.name]
                 cand.head = f"task '{source.name}' of {Path(plan.model.checkpoint).name} ({source.num_classes} classes)"
+            else:
+                cand.head = f"none: the tasks of {Path(plan.model.checkpoint).name} predict tokens, not classes"
     if model is None:
         model = run.build_model(plan, tasks)
         cand.head = "none: " + ("random initialisation" if not (plan.model.checkpoint or plan.model.pretrained)
