@@ -223,14 +223,15 @@ def train(plan: Plan, callbacks: tuple[Callback, ...] = ()) -> dict:
 
 
 def test(trainer, module, datamodule, eval_sets: dict, ckpt_path: str | None = None,
-         tables: dict | None = None) -> dict:
+         tables: dict | None = None, validated: bool = False) -> dict:
     """Test split, then each evaluation set, with the same weights: ``test/...`` and ``eval/<set>/...``,
-    calibration among them (its temperature fitted on the validation split first, with those weights).
+    calibration among them (its temperature fitted on the validation split first, with those weights;
+    ``validated``: the caller's own validation pass just collected it, inside ``module.collecting()``).
     ``tables``, when given, receives each pass's confusion matrix per task: (split, task) -> matrix."""
     passes = [("test", module.streams, datamodule), *((names.eval_split(name), list(dm.streams), dm)
                                                       for name, dm in eval_sets.items())]
     metrics = {}
-    if module.evaluation.calibration:
+    if module.evaluation.calibration and not validated:
         with module.collecting(only=True):
             trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     for split, streams, data in passes:

@@ -45,11 +45,13 @@ class Evaluator:
         self.module.model = weights if isinstance(weights, nn.Module) else self._load(self.base, weights)
         try:
             self.module.val_acc_best = torch.tensor(-math.inf)  # a fresh buffer: the last one is an inference tensor
-            self.trainer.validate(self.module, datamodule=self.datamodule, verbose=False)
+            with self.module.collecting():  # its logits give run.test the temperature: no second pass
+                self.trainer.validate(self.module, datamodule=self.datamodule, verbose=False)
             metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()
                        if k.startswith("val/") and k != names.BEST}
             tables = {}
-            metrics.update(run.test(self.trainer, self.module, self.datamodule, self.eval_sets, tables=tables))
+            metrics.update(run.test(self.trainer, self.module, self.datamodule, self.eval_sets, tables=tables,
+                                    validated=True))
         finally:
             self.module.model = self.base
         self.scored.append((metrics, tables))
