@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 TABLE = REPO / "tests" / "durations.txt"
 DEFAULT = 30.0  # seconds for a test file not in the table yet
 ALONE = 25.0    # a file this long or longer gets a process of its own
-SHARED = 90.0   # short files share a process up to about this many seconds
+SHARED = 60.0   # short files share a process up to about this many seconds
 
 
 def durations() -> dict[str, float]:
