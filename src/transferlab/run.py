@@ -234,9 +234,11 @@ def test(trainer, module, datamodule, eval_sets: dict, ckpt_path: str | None = N
     if module.evaluation.calibration and not validated:
         with module.collecting(only=True):
             trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+        ckpt_path = None  # the module holds those weights now: the passes below need not load them again
     for split, streams, data in passes:
         with module.testing_as(split, streams), module.collecting() as collected:
             trainer.test(module, datamodule=data, ckpt_path=ckpt_path, verbose=False)
+        ckpt_path = None
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()
                         if k.startswith(split + "/")})
         for task in module.tasks if tables is not None else ():
