@@ -212,6 +212,28 @@ def test_layers_beyond_the_model_and_source_head_scores_on_layers_are_refused(tm
                                                             "scores=[logme]", "finetune.seeds=[1]")
 
 
+def test_runs_of_two_settings_of_one_candidate_are_never_averaged(ranked, tmp_path):
+    """A copy of a fine-tuned run with another learning rate beside it: the candidate's runs differ in setting."""
+    import shutil
+
+    import yaml
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(ranked[1].run_dir / "finetune", mixed)
+    other = mixed / "candidate0" / "seed9"
+    shutil.copytree(mixed / "candidate0" / "seed1", other)
+    config = yaml.safe_load((other / "config.yaml").read_text())
+    config["optimizer"]["lr"] *= 10
+    (other / "config.yaml").write_text(yaml.safe_dump(config))
+    err = refused(tmp_path, CANDIDATES, "scores=[logme]", f"validate={mixed}")
+    assert "candidate 'source' has finished runs of 2 different settings" in err
+
+
+def test_fine_tuning_here_and_validate_together_are_refused(ranked, tmp_path):
+    err = refused(tmp_path, CANDIDATES, "scores=[logme]", "finetune.seeds=[1]", f"validate={ranked[1].run_dir}")
+    assert "finetune.seeds and validate are both set" in err
+
+
 def test_fine_tuning_on_other_data_is_refused(tmp_path):
     err = refused(tmp_path, "candidates=[{source: none}, {name: b, source: none}]", "finetune.seeds=[1]",
                   "finetune.overrides=['data.train_per_class=10']")

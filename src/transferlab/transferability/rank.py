@@ -253,6 +253,9 @@ def rank(cfg: DictConfig) -> dict:
                           f"paths (set them for tl-rank); the overrides change how they train (strategy, optimizer, "
                           f"trainer)")
     validate = Path(cfg.validate).expanduser() if cfg.get("validate") else None
+    if validate is not None and seeds:
+        raise ConfigError("finetune.seeds and validate are both set: the ranking is checked against one set of "
+                          "fine-tuned runs, the ones fine-tuned here or those under validate; drop one")
     if validate is not None and not validate.is_dir():
         raise ConfigError(f"validate='{validate}' is not a directory; give the directory of fine-tuned runs of these "
                           f"candidates (a sweep), or finetune.seeds=[...] to fine-tune them here")
@@ -288,8 +291,8 @@ def rank(cfg: DictConfig) -> dict:
                                              [*given, "logger=csv"], seed))
                     log.info("fine-tuned %s, seed %s: test/acc=%.4f", cand.label, seed, done["test/acc"])
         agreement = {}
-        for folder in (d for d in (fine_tuned, validate) if d is not None):
-            agreement = match(candidates, folder, scores)
+        if fine_tuned or validate:
+            agreement = match(candidates, fine_tuned or validate, scores)
         summary = write(out, candidates, scores, agreement)
         tracking.log_table(started, "ranking", *table(candidates, scores))
         for logger in started:
@@ -308,18 +311,24 @@ def source_key(model: dict) -> tuple:
 def match(candidates: list[Candidate], folder: Path, scores: list) -> dict:
     """Each candidate's fine-tuned runs under ``folder`` (same architecture and source weights), then τ and
     Pearson of each score against their mean test accuracy."""
-    from transferlab.runs import find_runs
+    from transferlab.runs import find_runs, setting_digest
 
     keys = {cand.key: cand for cand in candidates}
-    seen = []
+    seen, settings = [], {}
     for r in find_runs([folder]):
         if r.status != "finished" or "test/acc" not in r.metrics or "model" not in r.config:
             continue
         seen.append(str(r.config["model"].get("name")))
         cand = keys.get(source_key(r.config["model"]))
         if cand is not None:
+            settings.setdefault(cand.label, set()).add(setting_digest(r.config))
             cand.accuracy.append(float(r.metrics["test/acc"]))
             cand.fit_seconds.append(float(r.metrics.get("fit_seconds", math.nan)))
+    mixed = next((label for label, digests in settings.items() if len(digests) > 1), None)
+    if mixed:  # a mean over other strategies or hyperparameters would be no one setting's accuracy
+        raise ConfigError(f"validate: candidate '{mixed}' has finished runs of {len(settings[mixed])} different "
+                          f"settings under '{folder}' (strategy, optimizer, epochs ...); give a folder holding one "
+                          f"setting per candidate, seeds aside")
     matched = [c for c in candidates if c.accuracy]
     if len(matched) < 2:
         raise ConfigError(f"validate: {len(matched)} of the {len(candidates)} candidates have finished runs under "
