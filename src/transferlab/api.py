@@ -150,36 +150,35 @@ def evaluate(ckpt_path, *overrides, run_dir=None) -> Result:
     return Result(Path(folder), metrics)
 
 
-def fuse(*overrides, run_dir=None) -> Result:
-    """``tl-fuse method=... runs=[...]``: fuse finished runs into one model, no training."""
+def _act(given, config_name, run_dir, target: str) -> Result:
+    """Compose, fix the run folder and call ``module:function`` on the config, isolated: the shape of every
+    command that trains nothing of its own (the import is inside, like train's)."""
+    import importlib
 
     from transferlab.config import set_value
 
-    given = [f"fusion={o.split('=', 1)[1]}" if o.startswith("method=") else o for o in _flat(overrides)]
-    task, hydra = _composed(given, "fuse")
+    task, hydra = _composed(given, config_name)
     folder = _run_dir(hydra, run_dir)
     set_value(task, "paths.run_dir", folder)
-    with _isolated(folder, "fuse"):
-        from transferlab.fusion.act import fuse as act
+    with _isolated(folder, config_name):
+        module, name = target.split(":")
+        return Result(Path(folder), getattr(importlib.import_module(module), name)(task))
 
-        metrics = act(task)
-    return Result(Path(folder), metrics)
+
+def fuse(*overrides, run_dir=None) -> Result:
+    """``tl-fuse method=... runs=[...]``: fuse finished runs into one model, no training."""
+    from transferlab.config import renamed
+
+    return _act(renamed(_flat(overrides), "method", "fusion"), "fuse", run_dir, "transferlab.fusion.act:fuse")
 
 
 def rank(*overrides, run_dir=None) -> Result:
     """``tl-rank candidates=[...] ...``: score candidate sources by transferability (and fine-tune them when
     asked); ``Result.metrics`` is the summary (per score the candidates in order, τ when validated)."""
-    from transferlab.config import set_value
+    from transferlab.config import renamed
 
-    given = [f"ranking={o.split('=', 1)[1]}" if o.startswith("experiment=") else o for o in _flat(overrides)]
-    task, hydra = _composed(given, "rank")
-    folder = _run_dir(hydra, run_dir)
-    set_value(task, "paths.run_dir", folder)
-    with _isolated(folder, "rank"):
-        from transferlab.transferability.rank import rank as act
-
-        summary = act(task)
-    return Result(Path(folder), summary)
+    return _act(renamed(_flat(overrides), "experiment", "ranking"), "rank", run_dir,
+                "transferlab.transferability.rank:rank")
 
 
 def report(*dirs, out=None, select_by: str | None = None):

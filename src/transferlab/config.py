@@ -41,3 +41,9 @@ def to_plain(cfg: DictConfig) -> dict:
 def set_value(cfg: DictConfig, key: str, value) -> None:
     with open_dict(cfg):
         OmegaConf.update(cfg, key, value, merge=False)
+
+
+def renamed(args, word: str, group: str) -> list[str]:
+    """``word=X`` -> ``group=X`` in command-line overrides: the word the docs use for a config group
+    (tl-fuse ``method=`` for ``fusion=``, tl-rank ``experiment=`` for ``ranking=``)."""
+    return [f"{group}={a.split('=', 1)[1]}" if isinstance(a, str) and a.startswith(f"{word}=") else a for a in args]

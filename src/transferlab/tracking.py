@@ -215,6 +215,13 @@ def log_image(loggers, key: str, path: Path) -> None:
         logger.log_image(key, [str(path)])
 
 
+def summarize(loggers, values: dict) -> None:
+    """The W&B run's summary: what a run that logs no final step (a fusion, a ranking) is remembered by."""
+    plain = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for logger in _wandb(loggers):
+        logger.experiment.summary.update(plain)
+
+
 def finish(loggers, status: str = "success") -> None:
     """End each logger's run, failed ones too, so every job of a multirun is its own W&B run."""
     from pytorch_lightning.utilities import rank_zero_only

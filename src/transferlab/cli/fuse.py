@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from transferlab import CONF_DIR, console
 from transferlab.cli import user_errors
+from transferlab.config import renamed
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="fuse")
@@ -27,7 +28,7 @@ def task(cfg: DictConfig) -> None:
 
 def main() -> None:
     # `method=` is the word the docs use; the config group is `fusion`
-    sys.argv = [f"fusion={a.split('=', 1)[1]}" if a.startswith("method=") else a for a in sys.argv]
+    sys.argv = renamed(sys.argv, "method", "fusion")
     task()
 
 

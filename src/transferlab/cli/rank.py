@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from transferlab import CONF_DIR, console
 from transferlab.cli import user_errors
+from transferlab.config import renamed
 from transferlab.errors import ConfigError
 
 
@@ -31,7 +32,7 @@ def task(cfg: DictConfig) -> None:
 
 def main() -> None:
     # `experiment=` is the word the docs use; tl-rank's recipes are the `ranking` group
-    sys.argv = [f"ranking={a.split('=', 1)[1]}" if a.startswith("experiment=") else a for a in sys.argv]
+    sys.argv = renamed(sys.argv, "experiment", "ranking")
     task()
 
 

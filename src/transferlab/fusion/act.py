@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab import metrics as names
-from transferlab import runs
+from transferlab import runs, tracking
 from transferlab.errors import ConfigError
 from transferlab.fusion import FUSIONS
 from transferlab.fusion.base import Fused, Ingredient, Method, find_ingredients, read_ingredient
@@ -132,11 +132,7 @@ def _log(loggers, fused: Fused, metrics: dict) -> None:
             values["alpha"] = c.alpha
         for logger in loggers:
             logger.log_metrics(values, step=step)
-    summary = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    for logger in loggers:
-        experiment = getattr(logger, "experiment", None)
-        if hasattr(experiment, "summary"):  # W&B: the run's summary is the chosen model, not the last step
-            experiment.summary.update(summary)
+    tracking.summarize(loggers, metrics)  # the run's summary is the chosen model, not the last step
 
 
 def _seeds(values):

@@ -295,10 +295,7 @@ def rank(cfg: DictConfig) -> dict:
             agreement = match(candidates, fine_tuned or validate, scores)
         summary = write(out, candidates, scores, agreement)
         tracking.log_table(started, "ranking", *table(candidates, scores))
-        for logger in started:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "summary"):
-                experiment.summary.update({k: v for k, v in summary.items() if isinstance(v, float)})
+        tracking.summarize(started, summary)
     return summary
 
 
