@@ -134,7 +134,8 @@ def source_checkpoint(run_dir):
 # --- console scripts: through their main() in this process, or in a process of their own -------------------
 
 SCRIPTS = {"tl-train": "train", "tl-eval": "eval", "tl-fuse": "fuse", "tl-report": "report",
-           "tl-reproduce": "reproduce", "tl-rank": "rank"}  # pyproject.toml's [project.scripts]: transferlab.cli.<module>:main
+           "tl-reproduce": "reproduce", "tl-rank": "rank", "tl-predict": "predict",
+           "tl-export": "export"}  # pyproject.toml's [project.scripts]: transferlab.cli.<module>:main
 
 
 _CLI = threading.Lock()  # held by a running cli() call

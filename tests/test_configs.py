@@ -29,7 +29,9 @@ FILES = sorted(CONF.rglob("*.yaml"))
 NEEDS = {"hydra/sweeper/pruner": ["hparams_search=optuna"]}
 # Root configs' own required values (eval needs a checkpoint).
 ROOT_FILL = {"eval": ["ckpt_path=/runs/x/checkpoints/last.ckpt"], "fuse": ["runs=[/runs/a,/runs/b]"],
-             "rank": ["candidates=[{source: none},{source: digits}]"]}
+             "rank": ["candidates=[{source: none},{source: digits}]"],
+             "predict": ["ckpt_path=/runs/x/checkpoints/best.ckpt", "inputs.path=/data/new"],
+             "export": ["ckpt_path=/runs/x/checkpoints/best.ckpt", "format=onnx"]}
 # Models must say which backbone factory builds them: a family of the registry.
 FAMILIES = set(MODEL_FAMILIES.names())
 

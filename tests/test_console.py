@@ -132,6 +132,9 @@ CONFIG_ONLY = {  # command line -> (exit status, what the output says)
     "eval without checkpoint": (["tl-eval"], 2, "error: ckpt_path is required"),
     "fuse with a bad alpha": (["tl-fuse", "method=wise_ft", "runs=[a,b]", "fusion.alphas=[2]"], 2, "fusion.alphas=[2] is not valid: it must be a non-empty list of numbers in [0, 1]"),
     "rank with one candidate": (["tl-rank", "candidates=[{source: none}]"], 2, "error: tl-rank needs at least two candidates"),
+    "predict without inputs": (["tl-predict", "ckpt_path=x.ckpt"], 2, "error: inputs is required"),
+    "predict with two models": (["tl-predict", "ckpt_path=x.ckpt", "fusion=outputs/fuse/x", "inputs=a"], 2, "give exactly one model"),
+    "export to an unknown format": (["tl-export", "ckpt_path=x.ckpt", "format=tflite"], 2, "unknown export format 'tflite'"),
     "report help": (["tl-report", "--help"], 0, "usage: tl-report"),
     "reproduce help": (["tl-reproduce", "--help"], 0, "usage: tl-reproduce"),
 }

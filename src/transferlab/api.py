@@ -21,7 +21,7 @@ from pathlib import Path
 
 from transferlab import runs
 
-__all__ = ["train", "evaluate", "fuse", "rank", "report", "Result"]  # transferlab.<name> (transferlab/__init__.py)
+__all__ = ["train", "evaluate", "fuse", "rank", "predict", "export", "report", "Result"]  # transferlab.<name> (transferlab/__init__.py)
 
 
 @dataclass
@@ -179,6 +179,24 @@ def rank(*overrides, run_dir=None) -> Result:
 
     return _act(renamed(_flat(overrides), "experiment", "ranking"), "rank", run_dir,
                 "transferlab.transferability.rank:rank")
+
+
+def predict(*overrides, run_dir=None) -> Result:
+    """``tl-predict ckpt_path=... inputs=...``: predictions.csv and summary.json; ``Result.metrics`` is the
+    summary (counts, and the metrics when the inputs carry labels)."""
+    from transferlab.config import renamed
+
+    given = renamed(renamed(_flat(overrides), "inputs", "inputs.path"), "fusion", "fusion_dir")
+    return _act(given, "predict", run_dir, "transferlab.deploy.predict:predict")
+
+
+def export(*overrides, run_dir=None) -> Result:
+    """``tl-export ckpt_path=... format=...``: a new folder another tool opens, checked by loading it back;
+    ``Result.metrics`` is its record (the check's figures among it)."""
+    from transferlab.config import renamed
+
+    given = renamed(renamed(_flat(overrides), "fusion", "fusion_dir"), "task", "task_name")
+    return _act(given, "export", run_dir, "transferlab.deploy.export:export")
 
 
 def report(*dirs, out=None, select_by: str | None = None):

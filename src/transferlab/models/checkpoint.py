@@ -117,6 +117,10 @@ def saved_plan(path) -> tuple[dict, dict]:
     ckpt = read_checkpoint(path)
     hparams = ckpt.get("hyper_parameters") or {}
     config = hparams.get("config")
+    exported = _export_record(path)
+    if exported:  # tl-export format=safetensors: the tensors, and beside them what rebuilds the model
+        config, hparams, ckpt = exported["config"], dict(exported["hyper_parameters"], config=exported["config"]), \
+            dict(ckpt, **{"pytorch-lightning_version": None})
     if not config or "pytorch-lightning_version" not in ckpt:
         raise ConfigError(f"'{path}' is not a transferlab checkpoint (it holds no run config); to start a run from "
                           f"foreign weights use tl-train model.checkpoint=...")
@@ -124,6 +128,19 @@ def saved_plan(path) -> tuple[dict, dict]:
     config = upgrade(config, f"the config inside '{path}'")
     require_complete(config, f"the config inside '{path}'")  # the model is rebuilt from it alone
     return config, {**hparams, "_state_dict": ckpt["state_dict"]}
+
+
+def _export_record(path) -> dict | None:
+    """The record ``tl-export`` wrote beside an exported ``.safetensors`` (None for any other file)."""
+    import json
+
+    from transferlab.runs import EXPORTED
+
+    record = Path(path).with_name(EXPORTED)
+    if Path(path).suffix != ".safetensors" or not record.is_file():
+        return None
+    content = json.loads(record.read_text())
+    return content if content.get("config") and content.get("hyper_parameters") else None
 
 
 def from_checkpoint(path) -> Loaded:

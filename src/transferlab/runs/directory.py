@@ -20,10 +20,12 @@ CHECKPOINTS, BEST, LAST = "checkpoints", "best.ckpt", "last.ckpt"
 CANDIDATES = "candidates.csv"  # a fusion's every candidate model and its scores
 FUSED, FUSION_FIGURE = "fused.ckpt", "fusion.png"  # a fusion's weights (in checkpoints/) and its candidates' curve
 FEATURES = "features"  # backbone features of a run that keeps them with itself (no shared cache)
+PREDICTIONS, SUMMARY = "predictions", "summary.json"  # tl-predict's rows (.csv/.jsonl/.parquet) and its counts and metrics
+EXPORTED = "transferlab.json"  # an export's record: the run it came from and what its check measured
 RECORD = ".hydra"  # Hydra's record of the command line (written by the run-directory guard)
 LOGS = ("train.log", "eval.log", "fuse.log")  # <command>.log, opened by Hydra before anything else is written
 # What marks a folder as (part of) a run: a new run never writes where any of these is.
-MARKS = (CONFIG, METRICS, FAILED, PRUNED, ENV, CHECKPOINTS, RECORD, *LOGS)
+MARKS = (CONFIG, METRICS, FAILED, PRUNED, ENV, CHECKPOINTS, RECORD, SUMMARY, *LOGS)
 
 
 class RunDir:
