@@ -13,6 +13,8 @@ import pytest
 # makes its own. Set at import, before timm / huggingface_hub read their environment.
 os.environ.update(TRANSFERLAB_CACHE=os.environ.get("TL_TEST_CACHE") or tempfile.mkdtemp(prefix="transferlab-cache-"),
                   WANDB_MODE="offline", WANDB_SILENT="true", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+# transformers copies the model code of a trust_remote_code folder (tl-export format=hf) into its modules cache
+os.environ["HF_MODULES_CACHE"] = os.path.join(os.environ["TRANSFERLAB_CACHE"], "hf_modules")
 
 from helpers import torch_threads  # after the environment is set
 

@@ -37,7 +37,7 @@ def exported(tmp_path_factory, one_torch_thread):
     texts = generate(5, "target", 0.0, 7)[0] + [" ".join(generate(12, "target", 0.0, 8)[0])]
     made = {}
     for name, extra in SETTINGS.items():
-        run = transferlab.train(*TEXT, "source=none", "trainer.max_epochs=1", *extra, run_dir=root / name)
+        run = transferlab.train(*TEXT, "source=none", *extra, run_dir=root / name)
         model = deploy.load(run.run_dir / "checkpoints" / "best.ckpt")
         task = model.task(None)
         folder = root / f"{name}_hf"
@@ -46,9 +46,9 @@ def exported(tmp_path_factory, one_torch_thread):
         inputs, _ = model.transform().collate([(t, {}) for t in texts])
         with torch.inference_mode():
             logits = model.network(inputs)[task.name].double()
+        ids = [row[mask.bool()].tolist() for row, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
         made[name] = {"folder": str(folder), "check": check, "classes": [str(c) for c in task.class_names],
-                      "max_length": int(model.data.max_length), "pooling": model.family.pooling,
-                      "ids": [row[mask.bool()].tolist() for row, mask in zip(inputs["input_ids"], inputs["attention_mask"])],
+                      "max_length": int(model.data.max_length), "pooling": model.family.pooling, "ids": ids,
                       "logits": logits.numpy(), "probs": logits.softmax(-1).numpy()}
     return texts, made
 
@@ -76,22 +76,25 @@ def test_the_folder_holds_code_weights_tokenizer_and_class_names_and_its_check_p
 # A new interpreter, because the point is that nothing of transferlab is imported to open the folder.
 SCRIPT = """
 import json, sys
+import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 texts, folders = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 out = {}
+ids = lambda tokens: [row[mask.bool()].tolist() for row, mask in zip(tokens['input_ids'], tokens['attention_mask'])]
 for name, folder in folders.items():
-    tokenizer = AutoTokenizer.from_pretrained(folder)  # no code of its own: no trust_remote_code
+    # the tokenizer's files need no code of their own: it loads without trust_remote_code as well
+    plain = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)(texts, truncation=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     tokens = tokenizer(texts, padding=True, truncation=True, return_tensors='pt')
     model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
-    logits = model(**tokens).logits
-    labels = tokens['input_ids'].new_zeros(len(texts))
+    with torch.inference_mode():
+        logits, loss = model(**tokens).logits, model(**tokens, labels=torch.zeros(len(texts), dtype=torch.long)).loss
     classify = pipeline('text-classification', model=folder, trust_remote_code=True, top_k=None, device='cpu')
-    out[name] = {'ids': [row[mask.bool()].tolist() for row, mask in zip(tokens['input_ids'], tokens['attention_mask'])],
-                 'logits': logits.tolist(), 'loss': float(model(**tokens, labels=labels).loss),
-                 'labels': model.config.id2label, 'model_max_length': tokenizer.model_max_length,
+    out[name] = {'ids': ids(tokens), 'plain_ids': [list(x) for x in plain['input_ids']], 'logits': logits.tolist(),
+                 'loss': float(loss), 'labels': model.config.id2label, 'model_max_length': tokenizer.model_max_length,
                  'pipeline': [{s['label']: s['score'] for s in one} for one in classify(texts, truncation=True)]}
 out['transferlab'] = sorted(m for m in sys.modules if m.split('.')[0] == 'transferlab')
-print(json.dumps(out))
+print('\\n' + json.dumps(out))
 """
 
 
@@ -103,12 +106,11 @@ def test_plain_transformers_opens_the_folder_with_transferlabs_tokens_labels_and
                           env={**ONE_THREAD, "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
                                "HF_HOME": str(tmp_path / "hf_home")})  # the remote code is cached under HF_HOME
     assert done.returncode == 0, done.stderr[-3000:]
-    print(repr(done.stdout.strip().splitlines()[-1][:300]), len(done.stdout.splitlines()))
     opened = json.loads(done.stdout.strip().splitlines()[-1])
     assert opened.pop("transferlab") == []
     for name, one in made.items():
         theirs = opened[name]
-        assert theirs["ids"] == one["ids"], name  # the run's tokenizer, truncating where the run did
+        assert theirs["ids"] == theirs["plain_ids"] == one["ids"], name  # the run's tokenizer, cut where the run cut
         assert max(map(len, one["ids"])) == one["max_length"] == theirs["model_max_length"]
         assert list(theirs["labels"].values()) == one["classes"]
         logits = np.asarray(theirs["logits"], dtype=np.float64)

@@ -25,8 +25,11 @@ class HfFormat(Format):
     modalities = ("text",)
     one_task = True
     tolerance = TOLERANCE
-    usage = ("from transformers import pipeline\nclassify = pipeline('text-classification', model='{folder}', "
-             "trust_remote_code=True, top_k=None)\nclassify(['a text'], truncation=True)  # every class's probability")
+    usage = ("from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline\n"
+             "classify = pipeline('text-classification', model='{folder}', trust_remote_code=True, top_k=None)\n"
+             "classify(['a text'], truncation=True)  # every class's probability, cut at the run's max_length\n"
+             "model = AutoModelForSequenceClassification.from_pretrained('{folder}', trust_remote_code=True)\n"
+             "tokenizer = AutoTokenizer.from_pretrained('{folder}', trust_remote_code=True)")
 
     def write(self, deployed, task, folder: Path) -> dict:
         import importlib.util
