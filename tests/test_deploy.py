@@ -288,40 +288,13 @@ def test_a_multi_task_model_predicts_every_task_and_exports_the_one_named(images
         ["0", "1", "2", "3", "4"]
 
 
-def test_an_hf_export_opens_in_plain_transformers_with_tl_predicts_labels_and_probabilities(text_ckpt, tmp_path):
-    from transferlab.data.synthetic_text import generate
-
-    texts = generate(12, "target", 0.0, 5)[0]
-    (tmp_path / "new.txt").write_text("\n".join(texts) + "\n")
-    predict = transferlab.predict(f"ckpt_path={text_ckpt}", f"inputs={tmp_path / 'new.txt'}", "progress=false",
-                                  "probabilities=true", "batch_size=5", run_dir=tmp_path / "predict")
-    table = rows(predict.run_dir)
-    classes = [k[len("main.prob."):] for k in table[0] if k.startswith("main.prob.")]
-    predicted = probabilities(table, classes)
-    record = transferlab.export(f"ckpt_path={text_ckpt}", "format=hf", run_dir=tmp_path / "export").metrics
-    assert record["check"]["max_abs_diff"] <= record["check"]["tolerance"]
-    # A new interpreter, because the point is that nothing of transferlab is imported to open the folder.
-    script = f"""
-import json, sys
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
-folder = {record['folder']!r}
-texts = {texts!r}
-classify = pipeline('text-classification', model=folder, trust_remote_code=True, top_k=None, device='cpu')
-scores = classify(texts, truncation=True)
-model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
-tokens = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)(texts, padding=True, truncation=True, return_tensors='pt')
-auto = model(**tokens).logits.softmax(-1).tolist()
-print(json.dumps({{'pipeline': [{{s['label']: s['score'] for s in one}} for one in scores], 'auto': auto,
-                  'labels': model.config.id2label, 'transferlab': any(m.startswith('transferlab') for m in sys.modules)}}))
-"""
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
-                               "HF_HOME": str(tmp_path / "hf_home")})
-    assert done.returncode == 0, done.stderr[-3000:]
-    opened = json.loads(done.stdout.strip().splitlines()[-1])
-    assert sorted(opened["labels"].values()) == sorted(classes) and not opened["transferlab"]
-    ids = [f"{tmp_path / 'new.txt'}:{n + 1}" for n in range(len(texts))]
-    for n, key in enumerate(ids):  # padded in batches of 5 here, of 12 there: a masked mean ignores padding
-        ours = predicted[key]
-        assert max(abs(opened["pipeline"][n][c] - ours[j]) for j, c in enumerate(classes)) < 1e-5
-        assert max(abs(opened["auto"][n][int(i)] - ours[classes.index(c)]) for i, c in opened["labels"].items()) < 1e-5
+def test_tl_export_format_hf_writes_a_checked_folder_with_its_record_and_card(text_ckpt, tmp_path):
+    # What plain transformers makes of the folder is tests/test_export_hf.py's (both pooling and head paths).
+    result = cli("tl-export", f"ckpt_path={text_ckpt}", "format=hf", f"hydra.run.dir={tmp_path / 'export'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    folder = tmp_path / "export" / "hf"
+    record = json.loads((folder / "transferlab.json").read_text())
+    assert record["check"]["max_abs_diff"] <= record["check"]["tolerance"] == 1e-5 and record["task"] == "main"
+    assert record["source"]["checkpoint"] == str(text_ckpt.resolve()) and "test/acc" in record["source"]["metrics"]
+    assert "trust_remote_code=True" in (folder / "README.md").read_text() and f"exported hf to {folder}" in result.stdout
+    assert not list((tmp_path / "export").glob(".*partial*"))
