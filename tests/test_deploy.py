@@ -253,6 +253,15 @@ def test_a_text_model_predicts_lines_and_tables_and_its_onnx_export_reads_the_to
     table.write_text("".join(json.dumps({"text": t, "topic": TOPICS[y]}) + "\n" for t, y in zip(texts, topics)))
     labelled = transferlab.predict(f"ckpt_path={ckpt}", f"inputs={table}", "progress=false", "probabilities=true",
                                    run_dir=tmp_path / "table").metrics
+    import pyarrow.parquet as pq
+
+    transferlab.predict(f"ckpt_path={ckpt}", f"inputs={table}", "progress=false", "output_format=parquet",
+                        run_dir=tmp_path / "parquet")
+    stored = pq.read_table(tmp_path / "parquet" / "predictions.parquet").to_pylist()
+    assert [r["main"] for r in stored] == [r["main"] for r in rows(tmp_path / "table")]
+    assert all(len(r["main.top_k"]) == 4 for r in stored)  # a list column: up to 5, and the task has 4 classes
+    with pytest.raises(DataError, match="is a folder, and this model reads texts; give a .txt file"):
+        transferlab.predict(f"ckpt_path={ckpt}", f"inputs={tmp_path}", "progress=false", run_dir=tmp_path / "folder")
     evaluated = transferlab.evaluate(ckpt, "data=text_files", f"data.train={table}", f"data.test={table}",
                                      f"data.classes=[{','.join(classes)}]", "logger=csv", run_dir=tmp_path / "eval").metrics
     assert labelled["predict/labelled"] == 40
