@@ -168,12 +168,10 @@ def test_an_onnx_export_runs_in_onnxruntime_like_pytorch_and_holds_an_ensemble(r
     assert max(np.abs(probs[i] - predicted[p]).max() for i, p in enumerate(paths)) < 1e-5
 
 
-def test_a_safetensors_export_predicts_like_its_checkpoint_and_starts_a_run(runs, images, tmp_path):
+def test_a_safetensors_export_predicts_like_its_checkpoint_and_is_a_source_for_training(runs, images, tmp_path):
     from helpers import backbone_state
 
-    from transferlab.models import from_checkpoint
-    from transferlab.models.checkpoint import load_source_weights
-    from transferlab.models.network import build_network
+    from transferlab.models import create_model, from_checkpoint
 
     record = transferlab.export(f"ckpt_path={runs['ckpt']}", "format=safetensors", run_dir=tmp_path / "export").metrics
     weights = Path(record["folder"]) / "model.safetensors"
@@ -183,8 +181,7 @@ def test_a_safetensors_export_predicts_like_its_checkpoint_and_starts_a_run(runs
                                                                                               ("b", weights))]
     assert tables[0] == tables[1]  # the same tensors through the same code: the same file
     loaded = from_checkpoint(runs["ckpt"])
-    fresh = build_network(loaded.model.family, loaded.tasks, 32)
-    load_source_weights(fresh, weights, loaded.tasks)  # what tl-train model.checkpoint=<file> does
+    fresh = create_model(loaded.model.family, loaded.tasks, str(weights), 32)  # tl-train's, for model.checkpoint=<file>
     assert all((v == fresh.backbone.state_dict()[k]).all() for k, v in backbone_state(runs["ckpt"]).items())
 
 
@@ -200,7 +197,8 @@ def test_an_export_never_writes_over_a_folder_and_a_refused_one_leaves_nothing(r
     assert not (tmp_path / "three" / "timm").exists() and not list(tmp_path.glob("**/.*.partial-*"))
 
 
-@pytest.mark.parametrize("case", ["not_transferlab", "no_images", "text_file", "top_k", "format", "family", "column"])
+@pytest.mark.parametrize("case", ["not_transferlab", "no_images", "text_file", "top_k", "format", "family", "column",
+                                  "no_format", "task_of_onnx", "fusion_of_a_run"])
 def test_bad_input_is_a_clear_error_naming_the_value(case, runs, images, tmp_path):
     import torch
 
@@ -219,12 +217,19 @@ def test_bad_input_is_a_clear_error_naming_the_value(case, runs, images, tmp_pat
         "format": (transferlab.export, [ckpt, "format=tflite"], "unknown export format 'tflite'.*valid: "),
         "family": (transferlab.export, [ckpt, "format=hf"], "format=hf holds text models.*reads images; valid formats"),
         "column": (transferlab.predict, [ckpt, f"inputs={tmp_path / 'list.csv'}"], "inputs.column=path is not a column.*file"),
+        "no_format": (transferlab.export, [ckpt], "format is required; valid: .*onnx"),
+        "task_of_onnx": (transferlab.export, [ckpt, "format=onnx", "task=main"],
+                         "task=main is not taken by format=onnx, which holds every task.*hf, timm"),
+        "fusion_of_a_run": (transferlab.predict, [f"fusion={runs['ckpt'].parent.parent}", f"inputs={images}"],
+                            "is not a tl-fuse folder.*ckpt_path=.*best.ckpt"),
     }
     act, args, message = calls[case]
     with pytest.raises((ConfigError, DataError, CheckpointError), match=message):
         act(*args, "progress=false", run_dir=tmp_path / "out") if act is transferlab.predict else act(
             *args, run_dir=tmp_path / "out")
     assert not (tmp_path / "out" / "summary.json").exists()
+    assert not [p for p in (tmp_path / "out").glob("*") if p.name not in ("export.log", "predict.log", ".hydra")]
+    assert not list(tmp_path.glob("**/.*.partial-*"))  # an export refused leaves no staging folder either
 
 
 @pytest.fixture(scope="module")
@@ -234,15 +239,13 @@ def text_ckpt(root):
     return transferlab.train(*TEXT, "source=none", run_dir=root / "text").run_dir / "checkpoints" / "best.ckpt"
 
 
-def test_a_text_model_predicts_lines_and_tables_and_its_onnx_export_reads_the_tokenizer_beside_it(text_ckpt, tmp_path):
-    import onnxruntime
-    from tokenizers import Tokenizer
-
+def test_a_text_model_predicts_lines_and_tables_with_tl_evals_metrics(text_ckpt, tmp_path):
     ckpt = text_ckpt
     from transferlab.data.synthetic_text import TOPICS, generate
 
     texts, topics = generate(40, "target", 0.0, 3)[:2]
-    (tmp_path / "new.txt").write_bytes(b"\n".join(t.encode() for t in texts[:5]) + b"\n\xff\xfe not utf-8\n")
+    # a byte-order mark opens the file (Notepad writes one); the last line is not UTF-8
+    (tmp_path / "new.txt").write_bytes(b"\xef\xbb\xbf" + b"\n".join(t.encode() for t in texts[:5]) + b"\n\xff\xfe not utf-8\n")
     summary = transferlab.predict(f"ckpt_path={ckpt}", f"inputs={tmp_path / 'new.txt'}", "progress=false",
                                   "output_format=jsonl", "probabilities=true", run_dir=tmp_path / "lines").metrics
     lines = [json.loads(x) for x in (tmp_path / "lines" / "predictions.jsonl").read_text().splitlines()]
@@ -259,24 +262,27 @@ def test_a_text_model_predicts_lines_and_tables_and_its_onnx_export_reads_the_to
                         run_dir=tmp_path / "parquet")
     stored = pq.read_table(tmp_path / "parquet" / "predictions.parquet").to_pylist()
     assert [r["main"] for r in stored] == [r["main"] for r in rows(tmp_path / "table")]
+    first = [float(lines[0][f"main.prob.{c}"]) for c in classes]  # the mark is not part of the first text
+    assert first == pytest.approx([float(rows(tmp_path / "table")[0][f"main.prob.{c}"]) for c in classes], abs=1e-6)
     assert all(len(r["main.top_k"]) == 4 for r in stored)  # a list column: up to 5, and the task has 4 classes
     with pytest.raises(DataError, match="is a folder, and this model reads texts; give a .txt file"):
         transferlab.predict(f"ckpt_path={ckpt}", f"inputs={tmp_path}", "progress=false", run_dir=tmp_path / "folder")
     evaluated = transferlab.evaluate(ckpt, "data=text_files", f"data.train={table}", f"data.test={table}",
                                      f"data.classes=[{','.join(classes)}]", "logger=csv", run_dir=tmp_path / "eval").metrics
     assert labelled["predict/labelled"] == 40
+    partly = tmp_path / "partly.jsonl"  # a missing label is an unlabelled input; a label no class is: no metrics
+    partly.write_text("".join(json.dumps({"text": t, "topic": label}) + "\n"
+                              for t, label in zip(texts, [TOPICS[topics[0]], None, float("nan"), TOPICS[topics[3]]])))
+    assert transferlab.predict(f"ckpt_path={ckpt}", f"inputs={partly}", "progress=false",
+                               run_dir=tmp_path / "partly").metrics["predict/labelled"] == 2
+    partly.write_text("".join(json.dumps({"text": t, "topic": label}) + "\n" for t, label in zip(texts, ["nonsense", TOPICS[0]])))
+    unknown = transferlab.predict(f"ckpt_path={ckpt}", f"inputs={partly}", "progress=false", run_dir=tmp_path / "unknown")
+    assert "predict/acc" not in unknown.metrics and len(rows(tmp_path / "unknown")) == 2
+    with pytest.raises(ConfigError, match="inputs.pair_column=topic is given, and this model reads single texts"):
+        transferlab.predict(f"ckpt_path={ckpt}", f"inputs={partly}", "inputs.pair_column=topic", "progress=false",
+                            run_dir=tmp_path / "pair")
     for metric in ("acc", "f1"):
         assert labelled[f"predict/{metric}"] == pytest.approx(evaluated[f"test/{metric}"], abs=1e-6)
-    record = transferlab.export(f"ckpt_path={ckpt}", "format=onnx", run_dir=tmp_path / "export").metrics
-    folder = Path(record["folder"])
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    session = onnxruntime.InferenceSession(str(folder / "model.onnx"))
-    predicted = probabilities(rows(tmp_path / "table"), classes)
-    for n, text in enumerate(texts[:6]):  # one text per call: any sequence length, batch 1
-        ids = tokenizer.encode(text).ids[:int(json.loads(session.get_modelmeta().custom_metadata_map["preprocessing"])["max_length"])]
-        (logits,) = session.run(None, {"input_ids": np.array([ids]), "attention_mask": np.ones((1, len(ids)), dtype=np.int64)})
-        probs = np.exp(logits[0] - logits[0].max()) / np.exp(logits[0] - logits[0].max()).sum()
-        assert np.abs(probs - predicted[f"{table}: line {n + 1}"]).max() < 1e-5
 
 
 def test_a_multi_task_model_predicts_every_task_and_exports_the_one_named(images, tmp_path):
@@ -307,3 +313,52 @@ def test_tl_export_format_hf_writes_a_checked_folder_with_its_record_and_card(te
     assert record["source"]["checkpoint"] == str(text_ckpt.resolve()) and "test/acc" in record["source"]["metrics"]
     assert "trust_remote_code=True" in (folder / "README.md").read_text() and f"exported hf to {folder}" in result.stdout
     assert not list((tmp_path / "export").glob(".*partial*"))
+
+
+def test_a_text_pair_model_predicts_pairs_and_its_onnx_export_reads_the_tokenizer_beside_it(tmp_path):
+    """A model trained on pairs (data.text_pair_column) reads a manifest's two columns, as tl-eval does, and
+    its ONNX graph gives the same probabilities on pairs that the exported tokenizer.json encodes."""
+    import onnxruntime
+    from helpers import TEXT
+    from tokenizers import Tokenizer
+
+    from transferlab.data.synthetic_text import TOPICS, generate
+
+    texts, topics = generate(48, "target", 0.0, 5)[:2]
+    table = tmp_path / "pairs.jsonl"  # the second text: the first one's words reversed
+    table.write_text("".join(json.dumps({"premise": t, "hypothesis": " ".join(reversed(t.split())), "topic": TOPICS[y]})
+                             + "\n" for t, y in zip(texts, topics)))
+    data = ["data=text_files", f"data.train={table}", "data.text_column=premise", "data.text_pair_column=hypothesis"]
+    run = transferlab.train(*[o for o in TEXT if not o.startswith("data")], *data, "data.batch_size=16", "trainer.max_epochs=1",
+                            "source=none", run_dir=tmp_path / "run")
+    ckpt = run.run_dir / "checkpoints" / "best.ckpt"
+    summary = transferlab.predict(f"ckpt_path={ckpt}", f"inputs={table}", "progress=false", "probabilities=true",
+                                  run_dir=tmp_path / "predict").metrics
+    evaluated = transferlab.evaluate(ckpt, *data, f"data.test={table}", "logger=csv", run_dir=tmp_path / "eval").metrics
+    assert summary["predict/labelled"] == 48 and summary["predict/acc"] == pytest.approx(evaluated["test/acc"], abs=1e-6)
+    (tmp_path / "lines.txt").write_text(texts[0])
+    with pytest.raises(DataError, match="reads pairs of texts .*data.text_pair_column=hypothesis"):
+        transferlab.predict(f"ckpt_path={ckpt}", f"inputs={tmp_path / 'lines.txt'}", "progress=false",
+                            run_dir=tmp_path / "lines")
+    record = transferlab.export(f"ckpt_path={ckpt}", "format=onnx", run_dir=tmp_path / "export").metrics
+    assert record["preprocessing"]["text_pair"] is True and record["check"]["max_abs_diff"] < 1e-4
+    folder = Path(record["folder"])
+    session = onnxruntime.InferenceSession(str(folder / "model.onnx"))
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    predicted = probabilities(rows(tmp_path / "predict"), [k[len("main.prob."):] for k in rows(tmp_path / "predict")[0]
+                                                           if k.startswith("main.prob.")])
+    for n, text in enumerate(texts[:4]):  # the pair as tokenizer.json encodes it: what the graph reads, batch 1
+        encoded = tokenizer.encode(text, " ".join(reversed(text.split())))
+        given = {"input_ids": encoded.ids, "attention_mask": encoded.attention_mask, "token_type_ids": encoded.type_ids}
+        (logits,) = session.run(None, {i.name: np.array([given[i.name]]) for i in session.get_inputs()})
+        probs = np.exp(logits[0] - logits[0].max()) / np.exp(logits[0] - logits[0].max()).sum()
+        assert np.abs(probs - predicted[f"{table}: line {n + 1}"]).max() < 1e-5
+
+
+def test_lightnings_precision_names_map_to_the_dtype_predict_runs_in():
+    from transferlab.deploy.predict import autocast_dtype
+
+    assert [autocast_dtype(p) for p in ("bf16-mixed", "bf16-true", "16-mixed", "16-true", "32-true", "64-true")] == \
+        ["bfloat16", "bfloat16", "float16", "float16", None, None]
+    with pytest.raises(ConfigError, match="the run's trainer.precision=8-mixed is not valid for tl-predict; valid: "):
+        autocast_dtype("8-mixed", "the run's trainer.precision")

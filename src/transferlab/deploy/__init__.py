@@ -31,6 +31,11 @@ class Deployed:
         return self.family.modality
 
     @property
+    def pair_column(self) -> str | None:
+        """A text-pair model's second text column (its run's ``data.text_pair_column``), else None."""
+        return getattr(self.data, "text_pair_column", None)
+
+    @property
     def loaded(self):
         """The one checkpoint of a single model (formats that hold one network)."""
         if len(self.members) != 1:
@@ -54,6 +59,17 @@ class Deployed:
         """The evaluation transform of the run: raw item -> inputs (text: ``.collate`` tokenises a batch)."""
         return self.family.create_transform(self.preprocessing, self.data, train=False)
 
+    def input_recipe(self) -> dict:
+        """What a user of an export must do to raw inputs before the network, as JSON: the image size, mean,
+        std and resizing, or the tokenisation's length (and whether it reads pairs of texts)."""
+        pre = self.preprocessing
+        if self.modality == "image":
+            size = getattr(self.data, "input_size", None) or pre["input_size"][-1]
+            return {"input_size": [3, size, size], "mean": list(pre["mean"]), "std": list(pre["std"]),
+                    "interpolation": pre.get("interpolation", "bilinear"),
+                    "crop_pct": 1.0 if self.data.input_size else pre.get("crop_pct", 0.875)}
+        return {"max_length": self.data.max_length, "text_pair": bool(self.pair_column)}
+
     def sample(self, n: int = 4, seed: int = 0) -> dict:
         """A batch of ``n`` made-up inputs of the right shape and range: what exports are checked with
         (images: normalised pixels; texts: sentences of the tokenizer's own words, of different lengths)."""
@@ -67,6 +83,8 @@ class Deployed:
         words = [w for w in tokenizer.get_vocab() if w.isalpha()] or ["a"]
         picks = torch.randint(0, len(words), (n, 12), generator=generator).tolist()
         texts = [" ".join(words[i] for i in row[: 3 + 3 * k]) for k, row in enumerate(picks)]
+        if self.pair_column:  # a pair model reads (text, second text): token_type_ids tell them apart
+            texts = [(t, " ".join(reversed(t.split()))) for t in texts]
         inputs, _ = self.transform().collate([(t, {}) for t in texts])
         return inputs
 
@@ -121,6 +139,9 @@ def _ensemble(folder: Path) -> Deployed:
     folder_ = runs.RunDir(folder)
     config, metrics = folder_.read_config(), folder_.read_json(runs.METRICS)
     kind = (config.get("fusion") or {}).get("kind")
+    if kind is None:
+        raise ConfigError(f"fusion={folder} is not a tl-fuse folder (a training run's, by its config); its model "
+                          f"is its checkpoint: give ckpt_path={folder / runs.CHECKPOINTS / runs.BEST}")
     if kind != "ensemble":
         raise ConfigError(f"fusion={folder} is a {kind} fusion, whose model is its checkpoint: give "
                           f"ckpt_path={folder / runs.CHECKPOINTS / runs.FUSED} (fusion= takes ensembles)")

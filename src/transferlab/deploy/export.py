@@ -23,7 +23,15 @@ def export(cfg) -> dict:
     from transferlab.deploy import check_source, load
     from transferlab.formats import FORMATS
 
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_missing(cfg, "format"):
+        raise ConfigError(f"format is required; valid: {', '.join(e.name for e in FORMATS.entries())}")
     fmt = FORMATS.entry(cfg.get("format"), "format").cls()
+    if cfg.get("task_name") is not None and not fmt.one_task:
+        raise ConfigError(f"task={cfg.task_name} is not taken by format={cfg.format}, which holds every task of the "
+                          f"model; task= chooses the one task of: "
+                          f"{', '.join(e.name for e in FORMATS.entries() if e.cls.one_task)}")
     missing = [m for m in fmt.needs if importlib.util.find_spec(m) is None]
     if missing:
         raise ConfigError(f"format={cfg.format} needs {', '.join(missing)}, which are not installed: "
@@ -48,7 +56,8 @@ def export(cfg) -> dict:
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
     staging.mkdir(parents=True)
     record = {"format": str(cfg.format), "task": task.name if task else None, "source": model.source,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **_rebuild(model)}
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "preprocessing": model.input_recipe(),
+              **_rebuild(model)}
     try:
         runs.write_json(staging / runs.EXPORTED, record)  # first: the safetensors check reads it back
         check = fmt.write(model, task, staging)

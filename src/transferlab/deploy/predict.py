@@ -9,6 +9,7 @@ column named like the task's label column) also get the metrics ``tl-eval`` woul
 """
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import time
@@ -32,9 +33,11 @@ class Inputs:
     labels: dict[str, list] | None = None
 
 
-def read_inputs(path, column: str | None, modality: str, label_columns: list[str]) -> Inputs:
+def read_inputs(path, column: str | None, modality: str, label_columns: list[str], pair_column: str | None = None,
+                text_column: str = "text") -> Inputs:
     """The inputs at ``path`` for a model of ``modality``; ``label_columns``: the tasks' own label
-    columns, whose values (or a folder's class sub-folders) are labels."""
+    columns, whose values (or a folder's class sub-folders) are labels; ``pair_column``: a text-pair
+    model's second text (its inputs are then (text, second text)); ``text_column``: the default column."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"inputs={path} does not exist; give {_valid(modality)}")
@@ -44,9 +47,14 @@ def read_inputs(path, column: str | None, modality: str, label_columns: list[str
             raise DataError(f"inputs={path} is a folder, and this model reads texts; give {_valid(modality)}")
         return _image_folder(path)
     if suffix == "txt" and modality == "text":
+        if pair_column:
+            raise DataError(f"inputs={path} holds one text per line, and this model reads pairs of texts (its run's "
+                            f"data.text_pair_column={pair_column}); give a table (.csv, .tsv, .jsonl, .parquet) with "
+                            f"both columns (inputs.column, inputs.pair_column)")
         return _lines(path)
     if suffix in TABLES or suffix in ("json", "ndjson"):
-        return _manifest(path, column or ("path" if modality == "image" else "text"), modality, label_columns)
+        return _manifest(path, column or ("path" if modality == "image" else text_column), modality, label_columns,
+                         pair_column)
     raise DataError(f"inputs={path} is not something this {modality} model reads; give {_valid(modality)}")
 
 
@@ -84,14 +92,16 @@ def _image_folder(root: Path) -> Inputs:
 def _lines(path: Path) -> Inputs:
     """One text per non-empty line; a line that is not UTF-8 is an input with an error, not the file's."""
     texts, ids = [], []
-    for n, raw in enumerate(path.read_bytes().splitlines(), 1):
+    data = path.read_bytes()
+    data = data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data  # the file's mark, not text
+    for n, raw in enumerate(data.splitlines(), 1):
         if raw.strip():
             texts.append(raw)
             ids.append(f"{path}:{n}")
 
     def read(i):
         try:
-            return texts[i].decode("utf-8-sig" if i == 0 else "utf-8").strip()
+            return texts[i].decode("utf-8").strip()
         except UnicodeDecodeError as e:
             raise DataError(f"line is not UTF-8 text (byte 0x{texts[i][e.start]:02x})") from None
     if not ids:
@@ -99,16 +109,28 @@ def _lines(path: Path) -> Inputs:
     return Inputs(ids, read)
 
 
-def _manifest(path: Path, column: str, modality: str, label_columns: list[str]) -> Inputs:
+def _label(value, where: str, column: str):
+    """A manifest's label cell as its class name, as the run's data read it (``5.0`` is class ``5``);
+    an empty or NaN cell is an input without a label."""
+    from transferlab.data.text import label_name
+
+    try:
+        return label_name(value, where, column)
+    except DataError:
+        return None
+
+
+def _manifest(path: Path, column: str, modality: str, label_columns: list[str], pair_column: str | None) -> Inputs:
     from transferlab.data.text_files import read_rows
 
     rows, origin = read_rows(path)
     columns = list(dict.fromkeys(k for r in rows[:100] for k in r))
-    if column not in columns:
-        raise DataError(f"inputs.column={column} is not a column of '{path}'; its columns: {', '.join(columns)}")
+    for key, name in (("inputs.column", column), ("inputs.pair_column", pair_column)):
+        if name is not None and name not in columns:
+            raise DataError(f"{key}={name} is not a column of '{path}'; its columns: {', '.join(columns)}")
     values = [r.get(column) for r in rows]
-    labels = {c: [None if r.get(c) in (None, "") else str(r.get(c)) for r in rows]
-              for c in label_columns if c in columns and c != column} or None
+    labels = {c: [_label(r.get(c), where, c) for r, where in zip(rows, origin)]
+              for c in label_columns if c in columns and c not in (column, pair_column)} or None
     if modality == "image":  # paths relative to the manifest's folder, as a dataset's manifest is read
         ids = [str(v if Path(str(v)).is_absolute() else path.parent / str(v)) if v else "" for v in values]
 
@@ -118,10 +140,13 @@ def _manifest(path: Path, column: str, modality: str, label_columns: list[str]) 
             return _open_image(ids[i])
         return Inputs(ids, read, labels)
 
+    seconds = [r.get(pair_column) for r in rows] if pair_column else None
+
     def text(i):
-        if not isinstance(values[i], str) or not values[i].strip():
-            raise DataError(f"{origin[i]} has no text in column '{column}'")
-        return values[i]
+        for name, cell in ((column, values[i]), (pair_column, seconds[i] if seconds else "-")):
+            if not isinstance(cell, str) or not cell.strip():
+                raise DataError(f"{origin[i]} has no text in column '{name}'")
+        return (values[i], seconds[i]) if seconds else values[i]
     return Inputs(origin, text, labels)
 
 
@@ -160,6 +185,20 @@ def _collate(transform):
     return collate
 
 
+# Lightning's precision names -> the dtype tl-predict computes in under autocast (None: float32, no autocast).
+# A "-true" half precision (weights cast to half) predicts under autocast here: same arithmetic for the
+# matrix products, without casting the checkpoint's weights.
+PRECISIONS = {"16-mixed": "float16", "16-true": "float16", "16": "float16", "bf16-mixed": "bfloat16",
+              "bf16-true": "bfloat16", "bf16": "bfloat16", "32-true": None, "32": None, "64-true": None, "64": None}
+
+
+def autocast_dtype(precision, where: str = "trainer.precision"):
+    """The autocast dtype name for a Lightning precision (None: float32), or a ConfigError naming ``where``."""
+    if str(precision) not in PRECISIONS:
+        raise ConfigError(f"{where}={precision} is not valid for tl-predict; valid: {', '.join(PRECISIONS)}")
+    return PRECISIONS[str(precision)]
+
+
 def _device_and_autocast(accelerator: str, precision: str | None, run_precision: str):
     """Where and at what precision to run: a GPU runs at the run's precision unless told, a CPU in float32."""
     import torch
@@ -167,13 +206,14 @@ def _device_and_autocast(accelerator: str, precision: str | None, run_precision:
     gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     if accelerator in ("gpu", "cuda") and not gpu:
         raise ConfigError(f"trainer.accelerator={accelerator} but this machine has no CUDA GPU; valid here: cpu, auto")
-    precision = str(precision or (run_precision if gpu else "32-true"))
-    dtypes = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16, "32-true": None, "32": None}
-    if precision not in dtypes:
-        raise ConfigError(f"trainer.precision={precision} is not valid for tl-predict; valid: {', '.join(dtypes)}")
+    if precision is not None:
+        dtype = autocast_dtype(precision)
+    else:
+        dtype = autocast_dtype(run_precision, "the run's trainer.precision") if gpu else None
     device = torch.device("cuda" if gpu else "cpu")
-    dtype = dtypes[precision]
-    return device, (torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False))
+    if dtype is None:
+        return device, torch.autocast(device.type, enabled=False)
+    return device, torch.autocast(device.type, dtype=getattr(torch, dtype))
 
 
 def predict(cfg) -> dict:
@@ -201,7 +241,11 @@ def predict(cfg) -> dict:
         if cfg.top_k is not None and not 1 <= int(cfg.top_k) <= task.num_classes:
             raise ConfigError(f"top_k={cfg.top_k} is not valid for task '{task.name}', which has {task.num_classes} "
                               f"classes; valid: 1..{task.num_classes}")
-    inputs = read_inputs(cfg.inputs.path, cfg.inputs.get("column"), model.modality, [t.column for t in tasks])
+    if cfg.inputs.get("pair_column") and not model.pair_column:
+        raise ConfigError(f"inputs.pair_column={cfg.inputs.pair_column} is given, and this model reads single texts "
+                          f"(its run has no data.text_pair_column); leave inputs.pair_column unset")
+    inputs = read_inputs(cfg.inputs.path, cfg.inputs.get("column"), model.modality, [t.column for t in tasks],
+                         cfg.inputs.get("pair_column") or model.pair_column, getattr(model.data, "text_column", "text"))
     out = runs.RunDir(cfg.paths.run_dir)
     runs.claim(out.path)
     device, autocast = _device_and_autocast(cfg.trainer.accelerator, cfg.trainer.get("precision"),
@@ -281,34 +325,46 @@ def _rows(tasks, logits, inputs: Inputs, errors: dict, cfg) -> list[dict]:
     return rows
 
 
-def _labels_of(task, inputs: Inputs):
+def _labels_of(tasks, inputs: Inputs) -> dict:
+    """Each task's labels: a manifest's from the task's own label column; a folder's class sub-folders for
+    the one task whose classes they are (none when they are no task's, or several tasks' alike)."""
     if not inputs.labels:
-        return None
-    return inputs.labels.get(task.column, inputs.labels.get(None))
+        return {}
+    out = {t.name: inputs.labels[t.column] for t in tasks if t.column in inputs.labels}
+    folder = inputs.labels.get(None)
+    if folder is not None:
+        fits = [t for t in tasks if set(folder) <= set(map(str, t.class_names))]
+        if len(fits) == 1:
+            out[fits[0].name] = folder
+        else:
+            log.info("the inputs' sub-folders are the classes of %s: no metrics",
+                     f"tasks {', '.join(t.name for t in fits)} alike" if fits else "no task")
+    return out
 
 
 def _metrics(tasks, logits, inputs: Inputs, errors: dict) -> dict:
     """Accuracy, macro precision, recall and F1 per task whose labels the inputs carry (the readable ones),
-    computed as ``tl-eval`` computes them; a label that is not one of the task's classes is refused."""
+    computed as ``tl-eval`` computes them; labels that are not the task's classes give a warning, no metrics."""
     import numpy as np
 
     from transferlab.evaluation import confusion, per_class
 
     out = {}
     several = len(tasks) > 1
+    labelled = _labels_of(tasks, inputs)
     for t in tasks:
-        labels = _labels_of(t, inputs)
+        labels = labelled.get(t.name)
         if labels is None:
             continue
+        classes = list(map(str, t.class_names))
         keep = [n for n, label in enumerate(labels) if n not in errors and label is not None]
-        unknown = sorted({labels[n] for n in keep} - set(t.class_names))
-        if unknown and t.column not in inputs.labels:  # sub-folders that are not classes merely group the images
-            log.info("the inputs' sub-folders %s are not classes of task '%s': no metrics", unknown[:5], t.name)
-            continue
+        unknown = sorted({labels[n] for n in keep} - set(classes))
         if unknown:
-            raise DataError(f"the inputs' labels {unknown[:5]} are not classes of task '{t.name}'; its classes: "
-                            f"{', '.join(map(str, t.class_names))}")
-        y = np.array([list(t.class_names).index(labels[n]) for n in keep])
+            log.warning("the inputs' labels %s (column '%s') are not classes of task '%s' (its classes: %s): "
+                        "no metrics for it; the predictions are written", unknown[:5], t.column, t.name,
+                        ", ".join(classes[:20]))
+            continue
+        y = np.array([classes.index(labels[n]) for n in keep])
         matrix = confusion(logits[t.name][keep], y, t.num_classes)
         scores = per_class(matrix)
         values = {"acc": float(np.trace(matrix) / max(1, matrix.sum())), "precision": float(scores.precision.mean()),

@@ -1,5 +1,5 @@
 """``format=onnx``: one ``model.onnx`` of the inference graph (images: normalised pixels ``pixel_values``;
-texts: ``input_ids`` and ``attention_mask``) with a dynamic batch axis (and sequence axis for texts), one
+texts: ``input_ids`` and ``attention_mask``, and ``token_type_ids`` for a text-pair model) with a dynamic batch axis (and sequence axis for texts), one
 output per task (its logits; an ensemble's: log-probabilities, its members averaged inside the graph),
 and the class names, preprocessing and source run in the model's metadata. Checked with onnxruntime."""
 from __future__ import annotations
@@ -37,7 +37,7 @@ class OnnxFormat(Format):
         from torch import nn
 
         sample = deployed.sample(n=3)
-        keys = ["pixel_values"] if deployed.modality == "image" else ["input_ids", "attention_mask"]
+        keys = [k for k in ("pixel_values", "input_ids", "attention_mask", "token_type_ids") if k in sample]
         tasks = [t.name for t in deployed.tasks if not t.token_level]
 
         class Graph(nn.Module):  # named tensors in, one output per task: what ONNX holds
@@ -45,8 +45,9 @@ class OnnxFormat(Format):
                 super().__init__()
                 self.network = network
 
-            def forward(self, pixel_values=None, input_ids=None, attention_mask=None):
-                given = {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask}
+            def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None):
+                given = {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask,
+                         "token_type_ids": token_type_ids}
                 outputs = self.network({k: given[k] for k in keys})
                 return tuple(outputs[t] for t in tasks)
 
@@ -59,9 +60,12 @@ class OnnxFormat(Format):
                               external_data=False)
         log.debug("torch.onnx.export: %s", said.getvalue())
         model = onnx.load(str(file))
+        recipe = deployed.input_recipe()
+        if deployed.modality == "text":
+            recipe["tokenizer"] = "tokenizer.json beside model.onnx"
         meta = {"class_names": json.dumps({t.name: list(t.class_names) for t in deployed.tasks if t.name in tasks}),
                 "inputs": json.dumps(keys), "outputs": "log-probabilities" if deployed.combine == "probs" else "logits",
-                "preprocessing": json.dumps(_plain(deployed)), "source": json.dumps(deployed.source, default=str)}
+                "preprocessing": json.dumps(recipe), "source": json.dumps(deployed.source, default=str)}
         onnx.helper.set_model_props(model, meta)
         onnx.save(model, str(file))
         if deployed.modality == "text":  # the graph reads token ids: the tokenizer that makes them goes with it
@@ -80,13 +84,3 @@ class OnnxFormat(Format):
         return {"loaded_with": f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)", "max_abs_diff": diff,
                 "opset": int(model.opset_import[0].version)}
 
-
-def _plain(deployed) -> dict:
-    """What an ONNX user must do to inputs before the graph: image size, mean and std, or the tokenizer."""
-    pre = deployed.preprocessing
-    if deployed.modality == "image":
-        size = getattr(deployed.data, "input_size", None) or pre["input_size"][-1]
-        return {"input_size": [3, size, size], "mean": list(pre["mean"]), "std": list(pre["std"]),
-                "interpolation": pre.get("interpolation", "bilinear"), "crop_pct": 1.0 if deployed.data.input_size
-                else pre.get("crop_pct", 0.875)}
-    return {"tokenizer": "tokenizer.json beside model.onnx", "max_length": deployed.data.max_length}
