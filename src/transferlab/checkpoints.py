@@ -189,3 +189,36 @@ class CheckpointOnInterrupt(Callback):
         else:
             print(f"{where}, before any epoch finished: there is nothing to resume; start the run again",
                   file=sys.stderr, flush=True)
+
+
+def merge_adapters(trainer, module, strategy, path: Path, run_dir: Path, rewrite: bool = True) -> None:
+    """After fitting with adapters (LoRA, (IA)³): the module holds the checkpoint at ``path`` with its
+    adapters merged, ``<run>/adapter/`` the adapter alone (peft's format), and ``path`` is rewritten
+    with the merged weights, so ``tl-eval``, ``tl-fuse``, ``model.checkpoint=`` and exports read a plain
+    backbone. ``last.ckpt`` keeps the unmerged state ``resume=`` needs (written to its own file, or a
+    hard link that a rename here does not touch). A checkpoint merged already (a run stopped after
+    this step and resumed) is only loaded. ``rewrite=False``: ``path`` is left as it is (``last.ckpt``,
+    when no best checkpoint was chosen)."""
+    from transferlab.runs import ADAPTER
+
+    ckpt = read_checkpoint(path)
+    state = ckpt["state_dict"]
+    prefix = "model.backbone."
+    if not any(strategy.is_adapter(k[len(prefix):]) for k in state if k.startswith(prefix)):
+        strategy.merge(module.model)
+        module.load_state_dict(state)
+        return
+    module.load_state_dict(state)
+    if trainer.is_global_zero and rewrite:
+        folder = run_dir / ADAPTER
+        tmp = run_dir / f".{ADAPTER}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        strategy.save_adapter(module.model, tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    strategy.merge(module.model)
+    if trainer.is_global_zero and rewrite:
+        ckpt["state_dict"] = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        StreamingCheckpointIO().save_checkpoint(ckpt, path)
+    trainer.strategy.barrier("merge_adapters")

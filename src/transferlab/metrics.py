@@ -15,6 +15,7 @@ CALIBRATION = ("ece", "nll", "temperature", "ece_calibrated", "nll_calibrated")
 MONITOR = "val/acc"  # selects best.ckpt
 BEST = "val/acc_best"  # the best MONITOR value of a run (metrics.json; the default sweep objective)
 LOSS = "train/loss"
+REG_LOSS = "train/reg_loss"  # a regulariser's term (``regularizers``), already in LOSS
 PRIMARY = "test/acc"  # what the report ranks by
 HEADLINE = ("test/acc", "test/f1", BEST)  # printed at the end of a run
 SHOWN = ("test/acc", "test/f1")  # report.md columns

@@ -24,9 +24,11 @@ from transferlab.tasks import Task
 class TransferModule(LightningModule):
     def __init__(self, model: TransferModel, tasks: list[Task], loss_weighting: torch.nn.Module,
                  optimizer_factory: Callable, scheduler_factory: Callable, monitor_task: str | None = None,
-                 compile_backbone: bool = False, hparams: dict | None = None, evaluation: Evaluation | None = None):
+                 compile_backbone: bool = False, hparams: dict | None = None, evaluation: Evaluation | None = None,
+                 regularizer: torch.nn.Module | None = None):
         super().__init__()
         self.model, self.tasks, self.loss_weighting = model, tasks, loss_weighting
+        self.regularizer = regularizer  # a term added to the training loss (``regularizers``), or None
         self.optimizer_factory, self.scheduler_factory = optimizer_factory, scheduler_factory
         self.monitor_task = monitor_task or tasks[0].name
         self.compile_backbone = compile_backbone
@@ -54,10 +56,11 @@ class TransferModule(LightningModule):
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.model(inputs)
 
-    def _task_losses(self, stream: str, inputs: Mapping, labels, only=None) -> tuple[dict, dict]:
+    def _task_losses(self, stream: str, inputs: Mapping, labels, only=None) -> tuple[dict, dict, dict]:
+        """Losses and logits per task of one stream, and its features per level (True: token level)."""
         tasks = [t for t in self.tasks if t.stream == stream and (only is None or t.name in only)]
         if not tasks:
-            return {}, {}
+            return {}, {}, {}
         features = {}  # per level: cached backbone features (frozen backbone) or the family's own encoding
         for t in tasks:
             if t.token_level not in features:
@@ -65,16 +68,22 @@ class TransferModule(LightningModule):
                                            inputs["features"] if "features" in inputs else self.model.encode(inputs))
         logits = {t.name: self.model.heads[t.name](features[t.token_level]) for t in tasks}
         losses = {t.name: F.cross_entropy(logits[t.name], labels[t.column]) for t in tasks}
-        return losses, logits
+        return losses, logits, features
 
     def training_step(self, batch, batch_idx):
-        losses = {}
+        losses, pooled = {}, []
         for stream, item in batch.items():
             if item is not None:  # CombinedLoader's max_size mode pads exhausted streams with None
-                losses.update(self._task_losses(stream, *item, only=self.loss_weighting.active)[0])
+                stream_losses, _, features = self._task_losses(stream, *item, only=self.loss_weighting.active)
+                losses.update(stream_losses)
+                pooled += [f for level, f in features.items() if not level]
         loss = self.loss_weighting(losses)
-        self._check_finite(loss, batch_idx)
         size = next(batch_size(item[0]) for item in batch.values() if item is not None)
+        if self.regularizer is not None:
+            term = self.regularizer(self.model, pooled)
+            self.log(names.REG_LOSS, term, batch_size=size)
+            loss = loss + term
+        self._check_finite(loss, batch_idx)
         self.log(names.LOSS, loss, prog_bar=True, batch_size=size)
         if len(self.tasks) > 1:
             for name, value in losses.items():
@@ -138,7 +147,7 @@ class TransferModule(LightningModule):
     def _eval_step(self, split: str, batch, dataloader_idx: int):
         inputs, labels = batch
         stream = (self.test_streams if split == self.test_split else self.streams)[dataloader_idx]
-        losses, logits = self._task_losses(stream, inputs, labels)
+        losses, logits, _ = self._task_losses(stream, inputs, labels)
         self._evaluated.update(losses)
         for name in [n for n in losses if n in self.outputs] if self.collect else ():
             self.outputs[name].update(logits[name], labels[next(t.column for t in self.tasks if t.name == name)])

@@ -72,38 +72,49 @@ class AdamW(Adam):
 
 
 def param_groups(model, weight_decay: float, head_lr_mult: float = 1.0, layer_decay: float | None = None,
-                 stage_lr_scale: Callable[[int], float] = lambda stage: 1.0, extra=()) -> list[dict]:
+                 stage_lr_scale: Callable[[int], float] = lambda stage: 1.0, extra=(), own=None,
+                 decays: Callable[[str], bool] = lambda part: True) -> list[dict]:
     """Groups keyed by (stage, layer, decay) for the backbone, then heads, then ``extra`` parameters.
 
     Biases, norm weights (any tensor with one dimension) and the backbone's ``no_weight_decay()``
     names get no weight decay. Layer ``i`` of ``L`` fine layers trains at ``layer_decay ** (L - i)``.
+    ``own``: (owns(name), lr scale, weight decay or None) of the backbone tensors a strategy trains alone
+    (adapters, BitFit's biases): they form the ``adapters`` groups. ``decays(part)``: False where a
+    regulariser replaces weight decay (L2-SP) for ``backbone``, ``adapters`` or ``heads``.
     """
     skip = model.family.no_weight_decay(model.backbone)
     groups: dict[tuple, dict] = {}
 
-    def add(key, p, scale, decay):
-        g = groups.setdefault(key, {"params": [], "lr_scale": scale, "weight_decay": weight_decay if decay else 0.0,
+    def add(key, p, scale, decay, rate=weight_decay):
+        g = groups.setdefault(key, {"params": [], "lr_scale": scale, "weight_decay": rate if decay else 0.0,
                                     "name": ".".join(str(k) for k in key)})
         g["params"].append(p)
 
     for name, p in model.backbone.named_parameters():
         stage, layer = model.stage_of.get(name, 0), model.layer_of.get(name, 0)
-        decay = p.ndim > 1 and name not in skip
+        if own is not None and own[0](name):
+            decay = p.ndim > 1 and decays("adapters")
+            add(("adapters", "decay" if decay else "no_decay"), p, own[1], decay,
+                weight_decay if own[2] is None else own[2])
+            continue
+        decay = p.ndim > 1 and name not in skip and decays("backbone")
         scale = stage_lr_scale(stage) * (layer_decay ** (model.num_layers - layer) if layer_decay else 1.0)
         key = ("backbone", f"stage{stage}", f"layer{layer}" if layer_decay else "all", "decay" if decay else "no_decay")
         add(key, p, scale, decay)
     for name, p in model.heads.named_parameters():
-        add(("heads", "decay" if p.ndim > 1 else "no_decay"), p, head_lr_mult, p.ndim > 1)
+        decay = p.ndim > 1 and decays("heads")
+        add(("heads", "decay" if decay else "no_decay"), p, head_lr_mult, decay)
     for p in extra:
         add(("extra", "no_decay"), p, 1.0, False)
     return list(groups.values())
 
 
-def create_optimizer(model, cfg, stage_lr_scale=lambda stage: 1.0, extra=()):
-    """timm-style factory: ``cfg.kind`` picks the optimizer (``cfg`` a config node or its settings)."""
+def create_optimizer(model, cfg, stage_lr_scale=lambda stage: 1.0, extra=(), own=None, decays=lambda part: True):
+    """timm-style factory: ``cfg.kind`` picks the optimizer (``cfg`` a config node or its settings);
+    ``own`` and ``decays`` as ``param_groups``."""
     settings = cfg if isinstance(cfg, Optimizer) else OPTIMIZERS.parse(cfg)
     groups = param_groups(model, settings.weight_decay, settings.head_lr_mult, settings.layer_decay, stage_lr_scale,
-                          extra)
+                          extra, own, decays)
     for g in groups:
         g["lr"] = settings.lr * g["lr_scale"]
     return settings.create(groups)

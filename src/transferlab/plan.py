@@ -48,6 +48,7 @@ class Plan:
     tasks: list  # tasks.TaskSpec, the joint source task among them
     task_data: dict  # task name -> Data, for tasks with data of their own
     strategy: object  # strategies.base.Strategy
+    regularizer: object  # regularizers.Regularizer
     optimizer: object  # optim.Optimizer
     scheduler: object  # optim.Scheduler
     multitask: object  # multitask.Multitask
@@ -125,6 +126,7 @@ def _typed(config: DictConfig) -> Plan:
     from transferlab.models import FAMILIES
     from transferlab.multitask import Multitask
     from transferlab.optim import OPTIMIZERS, SCHEDULERS
+    from transferlab.regularizers import REGULARIZERS
     from transferlab.strategies import STRATEGIES
     from transferlab.tasks import task_specs
     from transferlab.tracking import parse_loggers
@@ -149,8 +151,15 @@ def _typed(config: DictConfig) -> Plan:
         set_value(config, "model.checkpoint", str(source.checkpoint))
         model = FAMILIES.parse(_model_node(config), "model")
         steps.append(source)
+    # a config from before the group existed had no regulariser (runs.saved fills it in the same way)
+    regularizer = REGULARIZERS.parse(config.get("regularizer") or {"kind": "none"}, "regularizer")
+    strategy = STRATEGIES.parse(config.strategy, "strategy")
+    if regularizer.needs_source and not (model.checkpoint or model.pretrained or getattr(model, "path", None)):
+        raise ConfigError(f"regularizer={regularizer.kind} pulls the backbone towards the source weights, and this run "
+                          f"starts from none (strategy={strategy.label}, no source run, model.checkpoint and "
+                          f"model.pretrained unset); give it source weights, or use regularizer=none or bss")
     plan = Plan(config=config, run_dir=Path(str(config.paths.run_dir)), model=model, data=data, eval_sets=eval_sets,
-                tasks=tasks, task_data=task_data, strategy=STRATEGIES.parse(config.strategy, "strategy"),
+                tasks=tasks, task_data=task_data, strategy=strategy, regularizer=regularizer,
                 optimizer=OPTIMIZERS.parse(config.optimizer, "optimizer"),
                 scheduler=SCHEDULERS.parse(config.scheduler, "scheduler"), multitask=multitask,
                 loggers=parse_loggers(config.get("logger")), trainer=to_plain(config.trainer),

@@ -23,8 +23,8 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from transferlab import metrics as names
 from transferlab import console, runs, tracking
-from transferlab.callbacks import ApplyStrategy, LearningRates, RandomState, SampleCounter
-from transferlab.checkpoints import StreamingCheckpointIO, create_checkpoints
+from transferlab.callbacks import ApplyStrategy, LearningRates, PeakMemory, RandomState, SampleCounter
+from transferlab.checkpoints import StreamingCheckpointIO, create_checkpoints, merge_adapters
 from transferlab.config import to_plain
 from transferlab.data.datamodule import TransferDataModule, create_streams
 from transferlab.errors import ConfigError
@@ -63,9 +63,10 @@ def build_tasks(plan: Plan) -> tuple[dict, list[Task]]:
     return streams, create_tasks(plan.tasks, classes)
 
 
-def build_model(plan: Plan, tasks: list[Task]):
-    """The model of a plan: the family's backbone, a head per task, the source weights."""
-    model = create_model(plan.model, tasks, input_size=getattr(plan.data, "input_size", None))
+def build_model(plan: Plan, tasks: list[Task], weights: str | None = None):
+    """The model of a plan: the family's backbone, a head per task, the source weights (``weights``: as
+    ``models.create_model``)."""
+    model = create_model(plan.model, tasks, weights, input_size=getattr(plan.data, "input_size", None))
     if plan.model.compile and (plan.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available()):
         log.warning("model.compile=true on a CPU: compiling takes longer than these runs gain from it (measured "
                     "30x slower for the default experiment); it pays off on GPUs")
@@ -79,22 +80,27 @@ def build(plan: Plan, loaded=None) -> Parts:
     if loaded is not None:
         _check_classes(loaded, tasks, "data")
         model = loaded.model  # its tasks are the plan's (with their data), their classes checked the same
-    else:
-        model = build_model(plan, tasks)
     strategy, epochs = plan.strategy, plan.trainer["max_epochs"]
+    if loaded is None:  # resuming with adapters: last.ckpt holds them, and fit restores every weight from it
+        model = build_model(plan, tasks, "" if strategy.adapts and plan.resumed else None)
+        strategy.prepare(model)  # adapters join the backbone before the optimizer, checkpoints and DDP see it
     strategy.check_fits(model, epochs)
     if plan.data.batch_size == 1 and strategy.trains_norm_statistics(model, epochs):
         raise ConfigError(f"data.batch_size=1 hands the BatchNorm layers of model '{plan.model.name}' one sample "
                           f"per batch in training mode, which they cannot normalise; valid: data.batch_size >= 2, "
                           f"or strategy.bn=frozen (or strategy=linear_probe)")
+    regularizer = plan.regularizer
     module = TransferModule(
         model, tasks, plan.multitask.loss_weighting.create(tasks),
         optimizer_factory=partial(create_optimizer, cfg=plan.optimizer,
-                                  stage_lr_scale=partial(strategy.lr_scale, num_stages=model.num_stages)),
+                                  stage_lr_scale=partial(strategy.lr_scale, num_stages=model.num_stages),
+                                  own=strategy.own_group(), decays=regularizer.decays),
         scheduler_factory=partial(create_scheduler, cfg=plan.scheduler), monitor_task=plan.multitask.monitor,
         compile_backbone=plan.model.compile, evaluation=plan.evaluation,
         hparams={"config": scrub(to_plain(plan.config)), "tasks": [t.record() for t in tasks],
-                 "family": model.family.record(model.backbone)})
+                 "family": model.family.record(model.backbone)},
+        regularizer=regularizer.create(model, added=lambda n: strategy.adapts and strategy.is_adapter(n))
+        if loaded is None else None)
     augment = any(stream["data"].augment.enabled for stream in streams.values())
     cache = strategy.caches_features(model.num_stages, epochs, augment) and not any(t.token_level for t in tasks)
     preprocessing = model.family.preprocessing(model.backbone)
@@ -192,10 +198,10 @@ def train(plan: Plan, callbacks: tuple[Callback, ...] = ()) -> dict:
     pl.seed_everything(plan.seed, workers=True)
     module, datamodule, eval_sets = build(plan)
     best, *checkpoints = create_checkpoints(run_dir)
-    counter, rates = SampleCounter(), LearningRates()
+    counter, rates, memory = SampleCounter(), LearningRates(), PeakMemory()
     # The Trainer first: it settles this process's global rank, so only rank 0 writes files and W&B.
     trainer = create_trainer(plan, run_dir, [ApplyStrategy(plan.strategy), best, *checkpoints, counter, rates,
-                                             RandomState(), *_optuna_trial(plan, run_dir), *callbacks])
+                                             memory, RandomState(), *_optuna_trial(plan, run_dir), *callbacks])
     config = to_plain(plan.config)
     with session(run_dir, plan.loggers, config, trainer) as loggers:
         start = time.perf_counter()
@@ -205,6 +211,10 @@ def train(plan: Plan, callbacks: tuple[Callback, ...] = ()) -> dict:
         samples = trainer.strategy.reduce(torch.tensor(float(counter.samples), device=module.device), reduce_op="sum")
         trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
         tested = "best" if best.best_model_path else "last"
+        if plan.strategy.adapts:  # test what best.ckpt holds from here on: the adapters merged
+            merge_adapters(trainer, module, plan.strategy, Path(best.best_model_path or run_dir / runs.CHECKPOINTS /
+                                                               runs.LAST), run_dir, rewrite=bool(best.best_model_path))
+            tested = None
         tables = {}
         metrics = test(trainer, module, datamodule, eval_sets, ckpt_path=tested, tables=tables)
         metrics.update({
@@ -212,6 +222,8 @@ def train(plan: Plan, callbacks: tuple[Callback, ...] = ()) -> dict:
             "data": plan.data.label, "seed": plan.seed, "epochs": trainer.current_epoch,
             "trainable_params": trainable, "total_params": sum(p.numel() for p in module.model.parameters()),
             "fit_seconds": round(fit_seconds, 3), "train_samples_per_second": round(float(samples) / fit_seconds, 2),
+            "train_step_seconds": round(counter.step_seconds / max(counter.steps, 1), 5),
+            "peak_memory_mb": None if memory.mb is None else round(memory.mb, 1),
             "best_checkpoint": best.best_model_path or None, **learning_rates,
         })
         for logger in loggers:  # W&B's summary and the CSV get what each group trained at

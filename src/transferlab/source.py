@@ -49,6 +49,8 @@ def source_config(cfg, inputs_key: str = ""):
     set_value(src, "model", OmegaConf.merge(cfg.model, {"checkpoint": None, "pretrained": False}))
     set_value(src, "paths.run_dir", "")  # not part of the key; Hydra's output dir is not the source's
     key = {k: v for k, v in to_plain(src).items() if k not in KEY_EXCLUDES}
+    if key.get("regularizer") == {"kind": "none"}:  # as before the group existed: caches made then still hit
+        del key["regularizer"]
     for location in CACHE_LOCATIONS:  # where caches live, not what is trained: a moved cache still hits
         _drop(key, location)
     if inputs_key:

@@ -17,6 +17,12 @@ class TransferModel(nn.Module):
         self.backbone = backbone
         self.heads = heads
         self.family = family
+        self.regroup()
+
+    def regroup(self) -> None:
+        """Stages and fine layers of the backbone's parameters, read from their names by the family's
+        grouping; again after a strategy adds or merges away modules (adapters rename what they wrap)."""
+        backbone, family = self.backbone, self.family
         stages, layers = family.groups(backbone, coarse=True), family.groups(backbone, coarse=False)
         self.has_stages = stages is not None  # partial / gradual need a real grouping
         names = [name for name, _ in backbone.named_parameters()]

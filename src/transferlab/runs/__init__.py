@@ -3,7 +3,7 @@
 A low floor: plain files, YAML and JSON, no torch. ``run``, ``fusion``, ``report``, the sweeper and
 the command-line entry points all go through it.
 """
-from transferlab.runs.directory import (BEST, CANDIDATES, CHECKPOINTS, CONFIG, ENV, FAILED, FEATURES, FUSED,
+from transferlab.runs.directory import (ADAPTER, BEST, CANDIDATES, CHECKPOINTS, CONFIG, ENV, FAILED, FEATURES, FUSED,
                                         EXPORTED, FUSION_FIGURE, LAST, METRICS, PREDICTIONS, PRUNED, RECORD, SUMMARY, RunDir,
                                         adopt, claim, forget_claims, free_name, refuse_interpolation,
                                         register_resolvers, resume_command)
@@ -13,7 +13,7 @@ from transferlab.runs.find import (RUN_SPECIFIC, STATUSES, Run, check_sweep, fin
 from transferlab.runs.saved import (VERSION, absolute_paths, check_saved, read_config, require_complete, upgrade,
                                    upgrade_tasks)
 
-__all__ = ["BEST", "CANDIDATES", "CHECKPOINTS", "CONFIG", "ENV", "FAILED", "EXPORTED", "FEATURES", "FUSED", "FUSION_FIGURE", "LAST", "METRICS", "PREDICTIONS", "PRUNED", "RECORD", "SUMMARY", "RUN_SPECIFIC", "STATUSES",
+__all__ = ["ADAPTER", "BEST", "CANDIDATES", "CHECKPOINTS", "CONFIG", "ENV", "FAILED", "EXPORTED", "FEATURES", "FUSED", "FUSION_FIGURE", "LAST", "METRICS", "PREDICTIONS", "PRUNED", "RECORD", "SUMMARY", "RUN_SPECIFIC", "STATUSES",
            "VERSION", "Run", "RunDir", "absolute_paths", "adopt", "check_saved", "check_sweep", "claim", "find_runs", "forget_claims", "free_name",
            "read_config", "read_history", "read_run", "refuse_interpolation", "register_resolvers", "require_complete", "resume_command", "setting", "setting_digest", "setting_items",
            "strict_json", "under", "upgrade", "upgrade_tasks", "write_atomic", "write_json", "write_yaml"]

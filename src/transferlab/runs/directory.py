@@ -19,6 +19,7 @@ CONFIG, METRICS, FAILED, PRUNED, ENV = "config.yaml", "metrics.json", "failed.js
 CHECKPOINTS, BEST, LAST = "checkpoints", "best.ckpt", "last.ckpt"
 CANDIDATES = "candidates.csv"  # a fusion's every candidate model and its scores
 FUSED, FUSION_FIGURE = "fused.ckpt", "fusion.png"  # a fusion's weights (in checkpoints/) and its candidates' curve
+ADAPTER = "adapter"  # a LoRA/(IA)³ run's adapter alone, in peft's format (best.ckpt holds it merged)
 FEATURES = "features"  # backbone features of a run that keeps them with itself (no shared cache)
 PREDICTIONS, SUMMARY = "predictions", "summary.json"  # tl-predict's rows (.csv/.jsonl/.parquet) and its counts and metrics
 EXPORTED = "transferlab.json"  # an export's record: the run it came from and what its check measured

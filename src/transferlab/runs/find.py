@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transferlab.errors import ConfigError
-from transferlab.runs.directory import CONFIG, FAILED, METRICS, PRUNED, RunDir
+from transferlab.runs.directory import ADAPTER, CONFIG, FAILED, METRICS, PRUNED, RunDir
 
 # Folders inside a run that hold files with run-like names (W&B's files/config.yaml, Hydra's own copy).
-NOT_RUNS = {"wandb", ".hydra", "csv", "checkpoints", "tensorboard", "adapter"}
+NOT_RUNS = {"wandb", ".hydra", "csv", "checkpoints", "tensorboard", ADAPTER}
 STATUSES = ("finished", "pruned", "failed", "incomplete", "damaged")
 
 

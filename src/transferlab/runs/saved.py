@@ -121,7 +121,7 @@ def _filled(config: dict) -> dict:
         return config
     tasks = config.get("tasks")
     fill = {"eval_sets": {}, "ckpt_path": None, "resume": None, "optuna_trial": None, "verbose": False,
-            "logger": {}, "source": {"overrides": [], "cache_dir": None}}
+            "logger": {}, "source": {"overrides": [], "cache_dir": None}, "regularizer": {"kind": "none"}}
     if isinstance(tasks, dict) and sum(t is not None for t in tasks.values()) <= 1:
         fill["multitask"] = _defaults("multitask")
     if "objective" not in config:

@@ -33,10 +33,22 @@ class Strategy(Settings):
                                                        "a BatchNorm policy: one of train, frozen"))
     cache_features: bool | None = None  # null = cache when the backbone never trains and augmentation is off
     needs_stages = False  # True when the strategy freezes some stages and not others
+    adapts = False  # True when the strategy adds modules to the backbone (``prepare``) that merge away after training
     _frozen_norms: list = field(default_factory=list, init=False, repr=False, compare=False)
     _last_frozen: set | None = field(default=None, init=False, repr=False, compare=False)
 
     # --- what a strategy decides -------------------------------------------------------------
+    def prepare(self, model) -> None:
+        """Change the model's structure before the optimizer sees it (adapters); most strategies do not."""
+
+    def is_adapter(self, name: str) -> bool:
+        """Whether a backbone parameter is one the strategy trains alone (adapters, BitFit's biases)."""
+        return False
+
+    def own_group(self):
+        """(is_adapter, lr scale, weight decay or None) for ``optim.param_groups``; None: no such tensors."""
+        return None
+
     def frozen_stages(self, epoch: int, num_stages: int) -> set[int]:
         """Backbone stages (0 = input side) whose parameters do not train in this epoch."""
         return set()
