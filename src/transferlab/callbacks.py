@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from pytorch_lightning import Callback
 
@@ -26,13 +27,54 @@ class ApplyStrategy(Callback):
 
 
 class SampleCounter(Callback):
-    """Counts training samples, for ``train_samples_per_second``."""
+    """Counts training samples, for ``train_samples_per_second``, and times the training steps (forward,
+    backward and optimizer step, without data loading or validation), for ``train_step_seconds``."""
 
     def __init__(self):
-        self.samples = 0
+        self.samples, self.steps, self.step_seconds, self._start = 0, 0, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.samples += sum(batch_size(item[0]) for item in batch.values() if item is not None)
+        self.steps += 1
+        self.step_seconds += time.perf_counter() - self._start
+
+
+class PeakMemory(Callback):
+    """The peak memory of fitting, for ``peak_memory_mb``: on a GPU the most torch allocated; on CPU the
+    process's peak resident set (VmHWM, reset when fitting starts, so each job of a sweep in one process
+    counts its own; the process's lifetime peak where the kernel cannot reset it)."""
+
+    def __init__(self):
+        self.mb: float | None = None
+
+    def on_fit_start(self, trainer, pl_module):
+        import torch
+
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+    def on_fit_end(self, trainer, pl_module):
+        import torch
+
+        if pl_module.device.type == "cuda":
+            self.mb = torch.cuda.max_memory_allocated(pl_module.device) / 2**20
+            return
+        try:
+            with open("/proc/self/status") as f:
+                self.mb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+        except (OSError, StopIteration):
+            import resource
+
+            self.mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class LearningRates(Callback):

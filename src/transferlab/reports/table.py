@@ -36,10 +36,14 @@ def tuned() -> tuple[str, ...]:
     differ only in these are one setting tried several ways, and the report keeps the best on validation."""
     from transferlab.models import FAMILIES
     from transferlab.optim import OPTIMIZERS, SCHEDULERS
+    from transferlab.regularizers import REGULARIZERS
     from transferlab.strategies import STRATEGIES
 
-    return tuple(k for registry in (OPTIMIZERS, SCHEDULERS, STRATEGIES, FAMILIES) for k in registry.tunable())
+    return tuple(k for registry in (OPTIMIZERS, SCHEDULERS, STRATEGIES, REGULARIZERS, FAMILIES)
+                 for k in registry.tunable())
 LR_PEAKS = tuple(names.lr(kind, "peak") for kind in names.LR_KINDS)  # shown when the runs recorded them
+# What a setting costs to train, shown when the runs recorded it: metric -> (column, scale, format)
+COSTS = {"train_step_seconds": ("step time (ms)", 1000, ".1f"), "peak_memory_mb": ("peak memory (MB)", 1, ",.0f")}
 
 
 @dataclass
@@ -245,19 +249,22 @@ def markdown(rows: list[Row], runs: list[Run], run_labels: dict, dirs, figures: 
     shown = [*SHOWN, *eval_metrics(rows), *calibrated(rows)]
     passes = any(row.mean("forward_passes") > 1 for row in rows)  # an ensemble's cost beside its accuracy
     peaks = [m for m in LR_PEAKS if any(m in r.metrics for row in rows for r in row.runs)]
+    costs = [m for m in COSTS if any(isinstance(r.metrics.get(m), (int, float)) for row in rows for r in row.runs)]
     chosen = [f"chosen on {select_by}", f"{select_by}"] if select_by else []
     lines = ["# transferlab report", "",
              "Runs under " + ", ".join(f"`{d}`" for d in dirs) + ": " +
              ", ".join(f"{n} {s}" for s, n in counts.items()) + ". Mean ± sample std over seeds.", "",
              "| setting | " + " | ".join([*chosen, *shown]) + " | trainable params | fit time (s) | seeds |" +
-             "".join(f" {m} |" for m in peaks) + (" forward passes |" if passes else ""),
-             "|---|" + "---:|" * (len(chosen) + len(shown) + 3 + len(peaks) + passes)]
+             "".join(f" {COSTS[m][0]} |" for m in costs) + "".join(f" {m} |" for m in peaks) +
+             (" forward passes |" if passes else ""),
+             "|---|" + "---:|" * (len(chosen) + len(shown) + 3 + len(costs) + len(peaks) + passes)]
     for row in rows:
         label = f"**{row.label}** (best)" if row.best else row.label
         seeds = f"{len(row.runs)} ({', '.join(map(str, row.seeds))})"
         selected = [row.chosen, _pm(row, select_by)] if select_by else []
         lines.append(f"| {label} | " + " | ".join([*selected, *(_pm(row, m) for m in shown)]) +
                      f" | {_num(row.mean('trainable_params'), ',.0f')} | {_num(row.mean('fit_seconds'), '.1f')} | {seeds} |"
+                     + "".join(f" {_num(row.mean(m) * COSTS[m][1], COSTS[m][2])} |" for m in costs)
                      + "".join(f" {_num(row.mean(m), '.3g')} |" for m in peaks)
                      + (f" {_num(row.mean('forward_passes'), '.0f') if row.values('forward_passes') else 1} |"
                         if passes else ""))
@@ -313,7 +320,7 @@ def write_csv(path: Path, rows: list[Row], runs: list[Run], run_labels: dict) ->
     evaluated = [*eval_metrics(rows, names.CLASSIFICATION), *calibrated(rows, names.CALIBRATED)]
     stats = [c for m in [*METRICS, *evaluated] for c in (m, f"{m}_std")]
     columns = ["kind", "label", "status", "best", "strategy", "model", "data", "seeds", "n_seeds", *stats,
-               "trainable_params", "fit_seconds", "run_dir", "error", "chosen", *LR_PEAKS]
+               "trainable_params", "fit_seconds", *COSTS, "run_dir", "error", "chosen", *LR_PEAKS]
 
     def describe(rs: list[Run], key: str) -> str:
         return " ".join(dict.fromkeys(str(r.describe(key)) for r in rs))
@@ -328,7 +335,7 @@ def write_csv(path: Path, rows: list[Row], runs: list[Run], run_labels: dict) ->
                 "seeds": " ".join(map(str, row.seeds)), "n_seeds": len(row.runs),
                 **{c: (row.std(c[:-4]) if c.endswith("_std") else row.mean(c)) for c in stats},
                 "trainable_params": row.mean("trainable_params"), "fit_seconds": row.mean("fit_seconds"),
-                "chosen": row.chosen, **{m: row.mean(m) for m in LR_PEAKS}}
+                **{m: row.mean(m) for m in COSTS}, "chosen": row.chosen, **{m: row.mean(m) for m in LR_PEAKS}}
 
     for row in rows:
         writer.writerow(summary("row", row, row.label))
@@ -343,5 +350,6 @@ def write_csv(path: Path, rows: list[Row], runs: list[Run], run_labels: dict) ->
                          **{m: r.metrics.get(m, "") for m in [*METRICS, *evaluated] if finished},
                          "trainable_params": r.metrics.get("trainable_params", ""),
                          "fit_seconds": r.metrics.get("fit_seconds", ""),
+                         **{m: r.metrics.get(m, "") if finished else "" for m in COSTS},
                          "run_dir": str(r.dir), "error": r.error or ""})
     write_atomic(path, f.getvalue())
