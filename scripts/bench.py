@@ -2,7 +2,7 @@
 """Measure transferlab's speed in one process; print a table and a JSON blob.
 
 Runs the benchmarks of ``scripts/benchmarks`` (its docstring and each module's say what they
-measure): framework vs plain loop, cached vs uncached linear probe, data loading, GPU models, and
+measure): framework vs plain loop (fine-tuning, and LoRA through peft), cached vs uncached linear probe, data loading, GPU models, and
 the same framework/plain comparison on a tiny BERT with tokenisation throughput.
 On a CPU it uses a small model and runs in a few minutes (``--quick``: well under a minute). The
 exit code is 0 whatever the figures are (this is a measurement); the JSON holds ``"pass"`` fields.
@@ -62,6 +62,8 @@ def main(argv=None) -> int:
         result = {"quick": args.quick}
         # Loading only dominates on a GPU; there both runs read the same images decoded once.
         result["overhead"] = bench_overhead(setting, tmp, warmup, epochs, reps, predecode=gpu and not args.quick)
+        result["lora"] = bench_overhead(setting, tmp, warmup, epochs, reps, predecode=gpu and not args.quick,
+                                        strategy="lora")
         result["linear_probe"] = bench_probe(probe_setting, tmp, probe_epochs)
         result["data_loading"] = bench_loading(setting, tmp, load_epochs)
         result["data_loading"]["share_of_training_step_at_0_workers"] = loading_share(
@@ -70,7 +72,7 @@ def main(argv=None) -> int:
         result["text"] = bench_text(tmp, warmup, epochs, reps)
     result["environment"] = dict(common.environment(threads), threads_reason=threads_reason)
     result["seconds"] = round(time.perf_counter() - started, 1)
-    result["pass"] = result["overhead"]["pass"] and result["linear_probe"]["pass"] and result["text"]["pass"]
+    result["pass"] = all(result[k]["pass"] for k in ("overhead", "lora", "linear_probe", "text"))
 
     print_tables(result)
     text = json.dumps(result, indent=2)

@@ -27,10 +27,12 @@ def test_bench_quick_reports_all_figures(tmp_path):
     result = json.loads(out.read_text())
     assert result["quick"] is True and isinstance(result["pass"], bool)
 
-    overhead = result["overhead"]
-    for key in ("framework_samples_per_s", "plain_samples_per_s", "ratio"):
-        assert _positive(overhead[key]), (key, overhead)
-    assert isinstance(overhead["pass"], bool) and overhead["target"] == 0.95
+    for name in ("overhead", "lora"):  # fine-tuning, and the same comparison with peft's adapters
+        overhead = result[name]
+        for key in ("framework_samples_per_s", "plain_samples_per_s", "ratio"):
+            assert _positive(overhead[key]), (name, key, overhead)
+        assert isinstance(overhead["pass"], bool) and overhead["target"] == 0.95
+    assert result["lora"]["setting"]["strategy"] == "lora"
 
     probe = result["linear_probe"]
     for run in ("uncached", "cached_first_run", "cached"):

@@ -1,7 +1,7 @@
 """Framework overhead: training throughput (samples/s) of tl-train's module + Trainer against a
 plain PyTorch loop doing the same work (same ``create_model``, the same DataLoader and transform
 taken from the DataModule, the same ``create_optimizer`` / ``create_scheduler`` stepped per batch,
-cross-entropy, same precision). Steady state: a warm-up epoch, then timed epochs; framework and
+cross-entropy, same precision; with ``strategy=lora`` both inject the same peft adapters). Steady state: a warm-up epoch, then timed epochs; framework and
 plain runs alternate, and the ratio is the median over repetitions of framework / plain (each pair
 adjacent in time). Also reported: the ratio per CPU-second of this process, which other processes
 on a shared machine cannot skew. Target: ratio >= 0.95.
@@ -78,13 +78,16 @@ def plain_epochs(plan, warmup: int, predecode: bool) -> dict:
     del module  # the framework's own copy; the plain loop builds its model with the same factory and seed
     pl.seed_everything(plan.seed, workers=True, verbose=False)
     model = create_model(plan.model, tasks)
+    strategy.prepare(model)  # LoRA / (IA)³: the same peft adapters, injected the same way
+    strategy.apply(model, 0)  # what trains (all of it for finetune; the adapters and heads for LoRA)
     device = torch.device("cuda" if torch.cuda.is_available() and plan.trainer["accelerator"] in ("auto", "gpu", "cuda")
                           else "cpu")
     model.to(device).train()
     loader = train_loader(datamodule)
     epochs = plan.trainer["max_epochs"]
     optimizer = create_optimizer(model, plan.optimizer,
-                                 stage_lr_scale=lambda stage: strategy.lr_scale(stage, model.num_stages))
+                                 stage_lr_scale=lambda stage: strategy.lr_scale(stage, model.num_stages),
+                                 own=strategy.own_group())
     total = len(loader) * epochs
     scheduler = create_scheduler(optimizer, plan.scheduler, total_steps=total,
                                  steps_per_epoch=max(1, total // epochs))["scheduler"]
@@ -116,14 +119,17 @@ def plain_epochs(plan, warmup: int, predecode: bool) -> dict:
     return throughput(samples, time.perf_counter() - start, time.process_time() - cpu_start)
 
 
-def bench_overhead(setting: list[str], tmp: Path, warmup: int, epochs: int, reps: int, predecode: bool) -> dict:
-    plan = compose([*COMMON, *setting, *NO_EVAL, f"trainer.max_epochs={warmup + epochs}"], tmp / "overhead")
+def bench_overhead(setting: list[str], tmp: Path, warmup: int, epochs: int, reps: int, predecode: bool,
+                   strategy: str = "finetune") -> dict:
+    """``strategy=lora``: the same comparison with peft's adapters in both (the LoRA row)."""
+    plan = compose([*COMMON, *setting, *NO_EVAL, f"strategy={strategy}", f"trainer.max_epochs={warmup + epochs}"],
+                   tmp / f"overhead_{strategy}")
     framework, plain = [], []
     for rep in range(reps):  # alternate, so slow phases of a noisy machine hit both alike
         first, second = (framework, plain) if rep % 2 == 0 else (plain, framework)
         for results in (first, second):
             if results is framework:
-                framework.append(framework_epochs(plan, tmp / f"overhead{rep}", warmup, predecode))
+                framework.append(framework_epochs(plan, tmp / f"overhead_{strategy}{rep}", warmup, predecode))
             else:
                 plain.append(plain_epochs(plan, warmup, predecode))
     fw = statistics.median(r["samples_per_s"] for r in framework)
@@ -132,7 +138,7 @@ def bench_overhead(setting: list[str], tmp: Path, warmup: int, epochs: int, reps
     # moment; the median of these paired ratios survives a change of load between repetitions.
     ratio = statistics.median(f["samples_per_s"] / p["samples_per_s"] for f, p in zip(framework, plain))
     return {
-        "setting": {"model": plan.model.name, "data": plan.data.label, "input_size": getattr(plan.data, "input_size", None),
+        "setting": {"strategy": plan.strategy.label, "model": plan.model.name, "data": plan.data.label, "input_size": getattr(plan.data, "input_size", None),
                     "batch_size": plan.data.batch_size, "num_workers": plan.data.num_workers,
                     "optimizer": plan.optimizer.kind, "scheduler": plan.scheduler.kind,
                     "precision": str(plan.trainer["precision"]), "augment": bool(plan.data.augment.enabled),

@@ -31,6 +31,11 @@ def print_tables(result: dict) -> None:
     if not s["predecoded"] and s["num_workers"] == 0 and not result["gpu"]["available"]:
         t.add_row("  framework / plain per CPU-second of this process (robust to other load)",
                   f"{o['cpu_time_ratio']:.3f}", "", "")
+    lora = result["lora"]
+    t.add_row("LoRA (peft adapters, r=8): training samples/s, framework / plain loop (same adapters)",
+              f"{lora['framework_samples_per_s']:.1f} / {lora['plain_samples_per_s']:.1f}", "", "")
+    t.add_row("  LoRA framework / plain (median of per-repetition ratios)", f"{lora['ratio']:.3f}",
+              f">= {lora['target']}", ok[lora["pass"]])
     ps = p["setting"]
     t.add_row(f"linear probe fit_seconds, uncached\n  {ps['model']} {ps['input_size']}px, {ps['data']}, "
               f"{ps['epochs']} epochs", f"{p['uncached']['fit_seconds']:.2f}", "", "")
