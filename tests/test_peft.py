@@ -100,6 +100,9 @@ def test_default_targets_are_attention_and_mlp_layers_or_ungrouped_convolutions(
     assert any(isinstance(modules[n], torch.nn.Conv2d) for n in chosen)
     assert all(getattr(modules[n], "groups", 1) == 1 for n in chosen)  # never the depthwise convolutions
     assert any(getattr(m, "groups", 1) > 1 for m in modules.values())
+    efficientnet = timm.create_model("efficientnet_b0", num_classes=0)  # squeeze-excite 1x1 convs 4 channels wide
+    chosen = lora.targets(efficientnet)
+    assert chosen and "blocks.1.0.se.conv_reduce" not in chosen and "blocks.1.0.conv_pw" in chosen
 
 
 def test_lora_trains_only_its_adapters_and_the_head_and_leaves_an_ordinary_best_checkpoint(runs):
@@ -114,13 +117,27 @@ def test_lora_trains_only_its_adapters_and_the_head_and_leaves_an_ordinary_best_
         if "lora_" not in key and ".base_layer." not in key:
             assert torch.equal(value, source[key]), f"{key} is not an adapter and moved"
     assert any(v.abs().sum() > 0 for k, v in last.items() if "lora_B" in k), "the adapters did not train"
-    assert set(backbone(run_dir / "checkpoints" / "best.ckpt")) == set(source)  # merged: the source's own keys
+    best = backbone(run_dir / "checkpoints" / "best.ckpt")
+    assert set(best) == set(source)  # merged: the source's own keys
+    statistics = [k for k in best if k.endswith("running_mean")]  # bn=train: they followed the target data, kept
+    assert statistics and any(not torch.equal(best[k], source[k]) for k in statistics)
     config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 8
     metrics = runs["lora"]["metrics"]
     lora_params = sum(v.numel() for k, v in last.items() if "lora_" in k)
     head_params = sum(v.numel() for v in heads(run_dir / "checkpoints" / "last.ckpt").values())
     assert metrics["trainable_params"] == lora_params + head_params  # the report's column: the real count
+
+
+def test_peft_adapts_exactly_the_layers_a_target_pattern_names(tmp_path):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for given, expected in (("'conv1\\.0'", {"conv1.0"}),  # a regular expression, matched whole
+                            ("[conv2]", {f"layer{i}.0.conv2" for i in range(1, 5)})):  # a name: its last parts
+        plan = lora_plan(tmp_path / str(len(expected)), f"strategy.target_modules={given}")
+        model = run.build(plan).module.model
+        adapted = {n for n, m in model.backbone.named_modules() if isinstance(m, BaseTunerLayer)}
+        assert adapted == expected, given
 
 
 def test_the_merged_model_gives_the_unmerged_models_outputs(runs, tmp_path):
@@ -138,7 +155,7 @@ def test_the_merged_model_gives_the_unmerged_models_outputs(runs, tmp_path):
 
 
 def test_tl_eval_of_the_merged_best_checkpoint_reproduces_the_runs_test_metrics(runs, tmp_path):
-    for name in ("lora", "ia3"):
+    for name in ("lora", "ia3", "l2sp"):  # l2sp: evaluating needs no source weights to pull towards
         metrics = runs[name]["metrics"]
         again = transferlab.evaluate(runs[name]["dir"] / "checkpoints" / "best.ckpt", "logger=csv",
                                      run_dir=tmp_path / name).metrics
@@ -210,6 +227,13 @@ def test_l2_sp_pulls_the_backbone_towards_the_source_and_replaces_its_weight_dec
     module = run.build(plan).module
     decay = {g["name"]: g["weight_decay"] for g in module.optimizer_factory(module.model).param_groups}
     assert all(v == 0 for k, v in decay.items() if k.startswith(("backbone", "heads"))), decay
+    plan = resolve(compose(*FAST, "strategy=ia3", "optimizer.weight_decay=0.05", run_dir=tmp_path / "ia3"))
+    module = run.build(plan).module
+    groups = {g["name"]: g for g in module.optimizer_factory(module.model).param_groups}
+    scales = [g for name, g in groups.items() if name.startswith("adapters")]
+    assert scales and all(g["weight_decay"] == 0 for g in scales)  # (IA)³ scales start at one: no decay to zero
+    assert all(any("ia3_l" in n for n, p in module.model.backbone.named_parameters() if p is q)
+               for g in scales for q in g["params"])
 
 
 def test_bss_penalises_the_smallest_singular_values_of_the_batch_features(runs):
@@ -236,6 +260,19 @@ def test_resume_of_an_interrupted_lora_run_ends_with_the_uninterrupted_runs_metr
     assert resumed["test/loss"] == pytest.approx(full["test/loss"], rel=1e-6)
 
 
+def test_resume_of_an_interrupted_l2_sp_run_pulls_towards_the_source_not_its_last_checkpoint(runs, tmp_path):
+    run_dir = tmp_path / "l2sp"
+    with pytest.raises(RuntimeError, match="interrupted by the test"):
+        transferlab.train(*FAST, "strategy=finetune", "regularizer=l2_sp", "regularizer.weight=1", run_dir=run_dir,
+                          callbacks=[Interrupt()])
+    resumed = transferlab.train(f"resume={run_dir}", "trainer.enable_progress_bar=false").metrics
+    full = runs["l2sp"]["metrics"]
+    assert resumed["test/acc"] == full["test/acc"]
+    assert resumed["test/loss"] == pytest.approx(full["test/loss"], rel=1e-6)
+    assert csv_column(run_dir, "train/reg_loss")[-1] == pytest.approx(csv_column(runs["l2sp"]["dir"], "train/reg_loss")[-1],
+                                                                      rel=1e-5)
+
+
 def test_wise_ft_from_a_probe_to_a_lora_run_and_a_soup_of_lora_runs(runs, tmp_path):
     wise = transferlab.fuse("fusion=wise_ft", f"runs=[{runs['probe']['dir']},{runs['lora']['dir']}]", NO_WANDB,
                             run_dir=tmp_path / "wise")
@@ -247,14 +284,18 @@ def test_wise_ft_from_a_probe_to_a_lora_run_and_a_soup_of_lora_runs(runs, tmp_pa
     assert float(by_alpha[0.0]["test/acc"]) == runs["probe"]["metrics"]["test/acc"]
     soup = transferlab.fuse("fusion=uniform_soup", f"runs=[{runs['lora']['dir']},{runs['lora2']['dir']}]", NO_WANDB,
                             run_dir=tmp_path / "soup")
-    assert 0 <= soup.metrics["test/acc"] <= 1
+    members = [backbone(runs[name]["dir"] / "checkpoints" / "best.ckpt") for name in ("lora", "lora2")]
+    fused = backbone(soup.checkpoint)
+    for key in ("conv1.0.weight", "layer4.0.conv2.weight"):  # the merged LoRA weights, averaged
+        average = (members[0][key].double() + members[1][key].double()) / 2
+        assert torch.allclose(fused[key].double(), average, rtol=1e-6, atol=1e-7), key
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["strategy=lora", "strategy.target_modules=[attention]"],
      r"'attention' matches no module of the backbone; its Linear/Conv2d layers are named e\.g\. conv1\.0, "),
     (["strategy=lora", "strategy.target_modules='layer1\\.0\\.bn.*'"], r"matches only .*BatchNorm2d.*modules"),
-    (["strategy=lora", "strategy.r=64"], r"strategy\.r=64 is larger than 'conv1\.0' can use .*valid: r <= 16"),
+    (["strategy=lora", "strategy.r=64", "strategy.target_modules=[conv1.0]"], r"strategy\.r=64 is larger than 'conv1\.0' can use .*valid: r <= 16"),
     (["strategy=lora", "model.name=test_convnext", "source=none", "model.pretrained=false",
       "strategy.target_modules=[conv_dw]"], r"'stages\.0\.blocks\.0\.conv_dw' is a grouped convolution"),
     (["strategy=scratch", "source=none", "regularizer=l2_sp"], r"regularizer=l2_sp pulls the backbone towards the source weights, "
@@ -275,8 +316,10 @@ def test_a_bad_target_exits_non_zero_naming_it(tmp_path):
 
 def test_lora_on_a_text_encoder_adapts_its_attention_and_dense_layers(tmp_path):
     metrics = text_run(tmp_path / "run", "strategy=lora", "strategy.r=4")
-    targets = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())["target_modules"]
-    assert {t.rpartition(".")[2] for t in targets} == {"query", "key", "value", "dense"}
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))  # peft's keys: <layer>.lora_A.weight
+    assert {k.split(".lora_")[0].rpartition(".")[2] for k in adapter} == {"query", "key", "value", "dense"}
     again = transferlab.evaluate(tmp_path / "run" / "checkpoints" / "best.ckpt", "logger=csv",
                                  run_dir=tmp_path / "eval").metrics
     assert again["test/acc"] == metrics["test/acc"]

@@ -34,12 +34,22 @@ class SampleCounter(Callback):
         self.samples, self.steps, self.step_seconds, self._start = 0, 0, 0.0, 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        _sync(pl_module)
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.samples += sum(batch_size(item[0]) for item in batch.values() if item is not None)
+        _sync(pl_module)
         self.steps += 1
         self.step_seconds += time.perf_counter() - self._start
+
+
+def _sync(pl_module) -> None:
+    """A GPU step's time is its kernels' time: wait for them."""
+    if pl_module.device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(pl_module.device)
 
 
 class PeakMemory(Callback):
@@ -94,8 +104,8 @@ class LearningRates(Callback):
             self.first.setdefault(group["name"], lr)
             self.last[group["name"]] = lr
             kind = group["name"].split(".")[0]
-            if kind in self.peak:
-                self.peak[kind] = max(self.peak[kind], lr)
+            if kind in self.peak or kind == names.ADAPTERS:  # the adapters' peak only where there are adapters
+                self.peak[kind] = max(self.peak.get(kind, 0.0), lr)
 
     def on_train_epoch_end(self, trainer, pl_module):
         for kind in names.LR_KINDS:  # W&B / CSV curve: the fastest group of each kind at the epoch's last step

@@ -203,6 +203,7 @@ def merge_adapters(trainer, module, strategy, path: Path, run_dir: Path, rewrite
 
     ckpt = read_checkpoint(path)
     state = ckpt["state_dict"]
+    trainer.strategy.barrier("merge_adapters: read")  # every rank reads the unmerged file before rank 0 rewrites it
     prefix = "model.backbone."
     if not any(strategy.is_adapter(k[len(prefix):]) for k in state if k.startswith(prefix)):
         strategy.merge(module.model)
@@ -221,4 +222,4 @@ def merge_adapters(trainer, module, strategy, path: Path, run_dir: Path, rewrite
     if trainer.is_global_zero and rewrite:
         ckpt["state_dict"] = {k: v.detach().cpu() for k, v in module.state_dict().items()}
         StreamingCheckpointIO().save_checkpoint(ckpt, path)
-    trainer.strategy.barrier("merge_adapters")
+    trainer.strategy.barrier("merge_adapters: written")

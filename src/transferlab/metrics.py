@@ -35,6 +35,7 @@ def lr(group: str, when: str) -> str:
 
 
 LR_KINDS = ("backbone", "heads")  # first part of every optimizer group name (``optim.param_groups``)
+ADAPTERS = "adapters"  # the optimizer groups of a strategy's own tensors (LoRA, (IA)³, BitFit's biases)
 
 
 def eval_split(eval_set: str) -> str:

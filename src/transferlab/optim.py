@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from transferlab.metrics import ADAPTERS
 from transferlab.registry import Registry
 from transferlab.settings import FRACTION, NON_NEGATIVE, POSITIVE, Settings, setting
 
@@ -94,7 +95,7 @@ def param_groups(model, weight_decay: float, head_lr_mult: float = 1.0, layer_de
         stage, layer = model.stage_of.get(name, 0), model.layer_of.get(name, 0)
         if own is not None and own[0](name):
             decay = p.ndim > 1 and decays("adapters")
-            add(("adapters", "decay" if decay else "no_decay"), p, own[1], decay,
+            add((ADAPTERS, "decay" if decay else "no_decay"), p, own[1], decay,
                 weight_decay if own[2] is None else own[2])
             continue
         decay = p.ndim > 1 and name not in skip and decays("backbone")

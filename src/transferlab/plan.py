@@ -153,13 +153,9 @@ def _typed(config: DictConfig) -> Plan:
         steps.append(source)
     # a config from before the group existed had no regulariser (runs.saved fills it in the same way)
     regularizer = REGULARIZERS.parse(config.get("regularizer") or {"kind": "none"}, "regularizer")
-    strategy = STRATEGIES.parse(config.strategy, "strategy")
-    if regularizer.needs_source and not (model.checkpoint or model.pretrained or getattr(model, "path", None)):
-        raise ConfigError(f"regularizer={regularizer.kind} pulls the backbone towards the source weights, and this run "
-                          f"starts from none (strategy={strategy.label}, no source run, model.checkpoint and "
-                          f"model.pretrained unset); give it source weights, or use regularizer=none or bss")
     plan = Plan(config=config, run_dir=Path(str(config.paths.run_dir)), model=model, data=data, eval_sets=eval_sets,
-                tasks=tasks, task_data=task_data, strategy=strategy, regularizer=regularizer,
+                tasks=tasks, task_data=task_data, strategy=STRATEGIES.parse(config.strategy, "strategy"),
+                regularizer=regularizer,
                 optimizer=OPTIMIZERS.parse(config.optimizer, "optimizer"),
                 scheduler=SCHEDULERS.parse(config.scheduler, "scheduler"), multitask=multitask,
                 loggers=parse_loggers(config.get("logger")), trainer=to_plain(config.trainer),

@@ -27,9 +27,11 @@ class Regularizer(Settings):
         """Whether ordinary weight decay still applies to ``backbone``, ``adapters`` or ``heads``."""
         return True
 
-    def create(self, model, added=lambda name: False):
+    def create(self, model, source=None, updates=lambda model: [], added=lambda name: False):
         """The loss term, an ``nn.Module`` called as ``term(model, features)`` (a list of (batch, width)
-        feature matrices; token-level features are not among them), or None. ``added``: backbone parameters a strategy added, with no source value."""
+        feature matrices; token-level features are not among them), or None. ``source``: the backbone with the
+        weights the run started from (default: the model's own, before training); ``updates(model)``: what a
+        strategy's adapters add to the weights they wrap; ``added(name)``: the adapters' own tensors."""
         return None
 
 
@@ -50,8 +52,9 @@ class L2SP(Regularizer):
     def decays(self, part):
         return not ((part == "backbone" and self.weight > 0) or (part == "heads" and self.head_weight > 0))
 
-    def create(self, model, added=lambda name: False):
-        return _L2SP(model, added, self.weight, self.head_weight)
+    def create(self, model, source=None, updates=lambda model: [], added=lambda name: False):
+        return _terms()[0](model, source if source is not None else model.backbone, updates, added, self.weight,
+                           self.head_weight)
 
 
 @REGULARIZERS.register("bss")
@@ -61,32 +64,42 @@ class BSS(Regularizer):
     weight: float = setting(0.001, NON_NEGATIVE, tune=True)  # eta: eta * sum of the k smallest squared singular values
     k: int = setting(1, POSITIVE_INT)
 
-    def create(self, model, added=lambda name: False):
-        return _BSS(self.weight, self.k)
+    def create(self, model, source=None, updates=lambda model: [], added=lambda name: False):
+        return _terms()[1](self.weight, self.k)
 
 
 @cache
-def _modules():
+def _terms():
     """The loss terms' classes, defined once torch is needed."""
     import torch
 
     class L2SPTerm(torch.nn.Module):
-        """The source weights as buffers that move with the module but stay out of its checkpoints."""
+        """The source weights are kept as plain tensors, not buffers: out of checkpoints, and not broadcast by
+        DDP at every step. A parameter an adapter wraps is named ``x.base_layer.weight``, the source's
+        ``x.weight``; the adapters themselves have no source value, so their update to the weight they wrap
+        (``updates``: merged minus source) is pulled to zero, which is the same distance."""
 
-        def __init__(self, model, added, weight: float, head_weight: float):
+        def __init__(self, model, source, updates, added, weight: float, head_weight: float):
             super().__init__()
-            self.names = [n for n, _ in model.backbone.named_parameters() if not added(n)] if weight > 0 else []
-            params = dict(model.backbone.named_parameters())
-            for i, name in enumerate(self.names):
-                self.register_buffer(f"source{i}", params[name].detach().clone(), persistent=False)
-            self.weight, self.head_weight = weight, head_weight
+            plain = lambda name: name.replace(".base_layer.", ".")  # noqa: E731
+            reference = {plain(n): p for n, p in source.named_parameters() if not added(n)}
+            self.pairs = [] if weight <= 0 else [
+                (name, reference[plain(name)].detach().clone())
+                for name, _ in model.backbone.named_parameters() if not added(name) and plain(name) in reference]
+            self.updates, self.weight, self.head_weight = updates, weight, head_weight
 
         def forward(self, model, features):
             params = dict(model.backbone.named_parameters())
-            total = torch.zeros((), device=next(model.parameters()).device)
-            for i, name in enumerate(self.names):
-                if params[name].requires_grad:  # a frozen tensor is the source's: its term is zero
-                    total = total + (params[name] - getattr(self, f"source{i}")).float().pow(2).sum() * (self.weight / 2)
+            device = next(model.parameters()).device
+            total = torch.zeros((), device=device)
+            if self.weight > 0:
+                for i, (name, value) in enumerate(self.pairs):
+                    if params[name].requires_grad:  # a frozen tensor is the source's: its term is zero
+                        if value.device != device:
+                            self.pairs[i] = (name, value := value.to(device))
+                        total = total + (params[name] - value).float().pow(2).sum() * (self.weight / 2)
+                for delta in self.updates(model):
+                    total = total + delta.float().pow(2).sum() * (self.weight / 2)
             if self.head_weight > 0:
                 total = total + sum(p.float().pow(2).sum() for p in model.heads.parameters()) * (self.head_weight / 2)
             return total
@@ -100,18 +113,11 @@ def _modules():
             total = torch.zeros((), device=next(model.parameters()).device)
             for f in features:
                 values = torch.linalg.svdvals(f.float())  # descending
-                total = total + values[-min(self.k, values.numel()):].pow(2).sum()
+                if values.numel() > self.k:  # a batch of k rows or fewer has nothing but its own scale to shrink
+                    total = total + values[-self.k:].pow(2).sum()
             return total * self.weight
 
     return L2SPTerm, BSSTerm
-
-
-def _L2SP(*args):
-    return _modules()[0](*args)
-
-
-def _BSS(*args):
-    return _modules()[1](*args)
 
 
 __all__ = ["REGULARIZERS", "Regularizer"]

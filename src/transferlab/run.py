@@ -81,6 +81,10 @@ def build(plan: Plan, loaded=None) -> Parts:
         _check_classes(loaded, tasks, "data")
         model = loaded.model  # its tasks are the plan's (with their data), their classes checked the same
     strategy, epochs = plan.strategy, plan.trainer["max_epochs"]
+    if loaded is None and plan.regularizer.needs_source and not _has_source(plan):
+        raise ConfigError(f"regularizer={plan.regularizer.kind} pulls the backbone towards the source weights, and "
+                          f"this run starts from none (strategy={strategy.label}, no source run, model.checkpoint and "
+                          f"model.pretrained unset); give it source weights, or use regularizer=none or bss")
     if loaded is None:  # resuming with adapters: last.ckpt holds them, and fit restores every weight from it
         model = build_model(plan, tasks, "" if strategy.adapts and plan.resumed else None)
         strategy.prepare(model)  # adapters join the backbone before the optimizer, checkpoints and DDP see it
@@ -99,8 +103,8 @@ def build(plan: Plan, loaded=None) -> Parts:
         compile_backbone=plan.model.compile, evaluation=plan.evaluation,
         hparams={"config": scrub(to_plain(plan.config)), "tasks": [t.record() for t in tasks],
                  "family": model.family.record(model.backbone)},
-        regularizer=regularizer.create(model, added=lambda n: strategy.adapts and strategy.is_adapter(n))
-        if loaded is None else None)
+        regularizer=None if loaded is not None else regularizer.create(
+            model, _started_from(plan, tasks), strategy.updates, lambda n: strategy.adapts and strategy.is_adapter(n)))
     augment = any(stream["data"].augment.enabled for stream in streams.values())
     cache = strategy.caches_features(model.num_stages, epochs, augment) and not any(t.token_level for t in tasks)
     preprocessing = model.family.preprocessing(model.backbone)
@@ -116,6 +120,22 @@ def build(plan: Plan, loaded=None) -> Parts:
     eval_sets = {name: datamodule(_eval_streams(name, data, plan, tasks), data, features / f"eval_{name}")
                  for name, data in plan.eval_sets.items()}
     return Parts(module, datamodule(streams, plan.data, features), eval_sets)
+
+
+def _has_source(plan: Plan) -> bool:
+    model = plan.model
+    return bool(model.checkpoint or model.pretrained or getattr(model, "path", None))
+
+
+def _started_from(plan: Plan, tasks: list[Task]):
+    """The backbone whose weights a run began from, for L2-SP: the model's own before training, except on
+    resume, where the model starts from last.ckpt and the source is the config's ``model`` again."""
+    if not (plan.resumed and plan.regularizer.needs_source):
+        return None
+    from transferlab.models import FAMILIES
+
+    family = FAMILIES.parse(plan.config.model, "model")
+    return create_model(family, tasks, input_size=getattr(plan.data, "input_size", None)).backbone
 
 
 def _check_classes(loaded, tasks: list[Task], where: str) -> None:

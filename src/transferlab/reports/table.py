@@ -41,7 +41,7 @@ def tuned() -> tuple[str, ...]:
 
     return tuple(k for registry in (OPTIMIZERS, SCHEDULERS, STRATEGIES, REGULARIZERS, FAMILIES)
                  for k in registry.tunable())
-LR_PEAKS = tuple(names.lr(kind, "peak") for kind in names.LR_KINDS)  # shown when the runs recorded them
+LR_PEAKS = tuple(names.lr(kind, "peak") for kind in (*names.LR_KINDS, names.ADAPTERS))  # shown when recorded
 # What a setting costs to train, shown when the runs recorded it: metric -> (column, scale, format)
 COSTS = {"train_step_seconds": ("step time (ms)", 1000, ".1f"), "peak_memory_mb": ("peak memory (MB)", 1, ",.0f")}
 

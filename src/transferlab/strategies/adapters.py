@@ -88,6 +88,12 @@ def default_targets(backbone, families: list[set[str]]) -> list[str]:
     return [n for n, m in backbone.named_modules() if isinstance(m, _layers()) and getattr(m, "groups", 1) == 1]
 
 
+def exactly(names: list[str]) -> str:
+    """Full module names as the one regular expression peft matches whole: a list would also adapt every
+    module whose name merely ends in one of them (``conv1`` is also ``layer1.0.conv1``)."""
+    return "^(?:" + "|".join(re.escape(n) for n in names) + ")$"
+
+
 def _width(module) -> int:
     """The largest rank an update of this layer's weight can have."""
     import torch
@@ -117,6 +123,10 @@ class PeftStrategy(ParameterEfficient):
     def check_target(self, name: str, module) -> None:
         """Raise ConfigError when the tuner cannot adapt this layer."""
 
+    def usable(self, module) -> bool:
+        """Whether a layer the defaults chose can be adapted with these settings (else it is left out)."""
+        return True
+
     def targets(self, backbone) -> list[str]:
         """The full names of the layers to adapt, checked: a pattern that matches nothing names what exists."""
         if self.target_modules is None:
@@ -142,10 +152,16 @@ class PeftStrategy(ParameterEfficient):
                 raise ConfigError(f"strategy.target_modules: {missing[0]!r} {why}; its Linear/Conv2d layers are "
                                   f"named e.g. {', '.join(layers[:20])}{' ...' if len(layers) > 20 else ''} "
                                   f"({len(layers)} in all); give {TARGETS}")
+        modules = dict(backbone.named_modules())
+        if self.target_modules is None:  # a default leaves out what this tuner cannot adapt (SE convs narrower than r)
+            kept = [n for n in found if self.usable(modules[n])]
+            if len(kept) < len(found):
+                log.info("%s leaves out %d of the default targets it cannot adapt, e.g. %s", self.label,
+                         len(found) - len(kept), next(n for n in found if n not in kept))
+            found = kept
         if not found:
             raise ConfigError(f"strategy={self.label}: the backbone has no Linear or ungrouped Conv2d layer to adapt; "
                               f"use strategy=bitfit or finetune")
-        modules = dict(backbone.named_modules())
         for name in found:
             self.check_target(name, modules[name])
         return found
@@ -156,6 +172,22 @@ class PeftStrategy(ParameterEfficient):
         targets = self.targets(model.backbone)
         inject_adapter_in_model(self.peft_config(targets, model.backbone), model.backbone, self.adapter_name)
         model.regroup()
+
+    def updates(self, model) -> list:
+        """Each adapted layer's change to its weight (merged minus source): what L2-SP pulls to zero."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        out = []
+        for module in model.backbone.modules():
+            if isinstance(module, BaseTunerLayer):
+                if hasattr(module, "get_delta_weight"):  # LoRA: (alpha / r) B A, in the weight's shape
+                    out.append(module.get_delta_weight(self.adapter_name))
+                else:  # (IA)³: W * (l - 1), l broadcast as peft merges it
+                    scale = module.ia3_l[self.adapter_name]
+                    if hasattr(module, "_get_ia3_scaling_for_weight"):
+                        scale = module._get_ia3_scaling_for_weight(scale)
+                    out.append(module.get_base_layer().weight * (scale - 1))
+        return out
 
     def merge(self, model) -> None:
         """Fold every adapter into the weight it wraps and put the plain layer back (``merge_and_unload``)."""

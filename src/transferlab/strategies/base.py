@@ -45,6 +45,10 @@ class Strategy(Settings):
         """Whether a backbone parameter is one the strategy trains alone (adapters, BitFit's biases)."""
         return False
 
+    def updates(self, model) -> list:
+        """What the strategy's added tensors change in the backbone's weights (adapters); none by default."""
+        return []
+
     def own_group(self):
         """(is_adapter, lr scale, weight decay or None) for ``optim.param_groups``; None: no such tensors."""
         return None

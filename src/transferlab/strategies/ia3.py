@@ -4,7 +4,8 @@ from dataclasses import dataclass
 
 from transferlab.settings import setting
 from transferlab.strategies import STRATEGIES
-from transferlab.strategies.adapters import TARGETS, PeftStrategy, _matches
+from transferlab.errors import ConfigError
+from transferlab.strategies.adapters import TARGETS, PeftStrategy, _matches, exactly
 
 FEEDFORWARD = ("fc2", "output.dense")  # MLP second layers of timm ViTs and BERT-like encoders
 
@@ -19,9 +20,22 @@ class IA3(PeftStrategy):
     defaults = ({"qkv", "fc2"}, {"key", "value", "output.dense"})  # as peft's own defaults for ViTs and BERT
     marker = "ia3_"
 
+    def own_group(self):
+        """Unless set, no weight decay: the scales start at one, and decay would pull them to zero."""
+        return self.is_adapter, self.adapter_lr_mult, 0.0 if self.adapter_weight_decay is None else \
+            self.adapter_weight_decay
+
     def peft_config(self, targets, backbone):
         from peft import IA3Config
 
         ff = self.feedforward_modules
         pattern = list(FEEDFORWARD) if ff is None else ff if isinstance(ff, str) else list(ff)
-        return IA3Config(target_modules=targets, feedforward_modules=[t for t in targets if _matches(t, pattern)])
+        names = [n for n, _ in backbone.named_modules()]
+        for p in [] if ff is None else [pattern] if isinstance(ff, str) else pattern:
+            if not any(_matches(n, p if isinstance(ff, str) else [p]) for n in names):
+                raise ConfigError(f"strategy.feedforward_modules: {p!r} matches no module of the backbone; give "
+                                  f"names among the targets (feed-forward layers are scaled on their input)")
+        feedforward = [t for t in targets if _matches(t, pattern)]
+        # peft requires the feed-forward layers to be among the targets; both as exact full names
+        return IA3Config(target_modules=exactly(targets),
+                         feedforward_modules=exactly(feedforward) if feedforward else [])

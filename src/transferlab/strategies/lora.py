@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from transferlab.errors import ConfigError
 from transferlab.settings import FRACTION, POSITIVE, POSITIVE_INT, setting
 from transferlab.strategies import STRATEGIES
-from transferlab.strategies.adapters import PeftStrategy
+from transferlab.strategies.adapters import PeftStrategy, exactly
 
 
 @STRATEGIES.register("lora")
@@ -32,8 +32,13 @@ class LoRA(PeftStrategy):
             raise ConfigError(f"strategy.r={self.r} is larger than '{name}' can use (its weight has rank at most "
                               f"{_width(module)}); valid: r <= {_width(module)}, or target other layers")
 
+    def usable(self, module):
+        from transferlab.strategies.adapters import _width
+
+        return self.r <= _width(module)
+
     def peft_config(self, targets, backbone):
         from peft import LoraConfig
 
         return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, use_rslora=self.rslora,
-                          use_dora=self.dora, target_modules=targets, bias="none")
+                          use_dora=self.dora, target_modules=exactly(targets), bias="none")
