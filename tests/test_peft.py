@@ -236,6 +236,25 @@ def test_l2_sp_pulls_the_backbone_towards_the_source_and_replaces_its_weight_dec
                for g in scales for q in g["params"])
 
 
+def test_l2_sp_with_lora_pulls_the_merged_weights_towards_the_source(tmp_path):
+    """The adapters have no source value; their update to the weights they wrap is the distance L2-SP measures."""
+    plan = lora_plan(tmp_path, "regularizer=l2_sp", "regularizer.weight=0.5", "regularizer.head_weight=0")
+    module = run.build(plan).module
+    plan.strategy.apply(module.model, 0)
+    source = {k: v.detach().clone() for k, v in module.model.backbone.state_dict().items()}
+    with torch.no_grad():
+        for name, p in module.model.backbone.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1, generator=torch.Generator().manual_seed(3))
+    term = float(module.regularizer(module.model, []))
+    plan.strategy.merge(module.model)
+    merged = module.model.backbone.state_dict()
+    expected = 0.5 / 2 * sum(float((merged[k].double() - source[k.replace(".weight", ".base_layer.weight")].double())
+                                   .pow(2).sum()) for k in merged if k.replace(".weight", ".base_layer.weight") in source
+                             and k.endswith(".weight") and k not in source)
+    assert expected > 0 and term == pytest.approx(expected, rel=1e-4)
+
+
 def test_bss_penalises_the_smallest_singular_values_of_the_batch_features(runs):
     from transferlab.regularizers import REGULARIZERS
 
