@@ -19,9 +19,9 @@ one_job() {  # one_job "tests/test_a.py [tests/test_b.py ...]" [pytest options]:
   local files=$1 log
   log="$TL_TEST_LOGS/$(basename "${files%% *}").log"
   shift
-  # shellcheck disable=SC2086 # the file list is split on purpose
   # one intra-op thread per process: OpenMP threads of processes sharing the cores wait at every op's barrier
   # for cores another process holds (a test that trains in 7.6 s alone took 34-102 s beside another)
+  # shellcheck disable=SC2086 # the file list is split on purpose
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} python -m pytest "$@" $files > "$log" 2>&1 || echo "$files" >> "$TL_TEST_LOGS/failed"
   flock "$TL_TEST_LOGS" cat <(echo "== $files") "$log"
 }
