@@ -317,6 +317,7 @@ def test_wise_ft_from_a_probe_to_a_lora_run_and_a_soup_of_lora_runs(runs, tmp_pa
     (["strategy=lora", "strategy.r=64", "strategy.target_modules=[conv1.0]"], r"strategy\.r=64 is larger than 'conv1\.0' can use .*valid: r <= 16"),
     (["strategy=lora", "model.name=test_convnext", "source=none", "model.pretrained=false",
       "strategy.target_modules=[conv_dw]"], r"'stages\.0\.blocks\.0\.conv_dw' is a grouped convolution"),
+    (["strategy=lora", "trainer=fsdp"], r"strategy=lora merges its adapters .* trainer\.strategy=fsdp shards it; use trainer=ddp"),
     (["strategy=scratch", "source=none", "regularizer=l2_sp"], r"regularizer=l2_sp pulls the backbone towards the source weights, "
                                                  r"and this run starts from none \(strategy=scratch"),
 ])

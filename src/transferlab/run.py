@@ -85,6 +85,10 @@ def build(plan: Plan, loaded=None) -> Parts:
         raise ConfigError(f"regularizer={plan.regularizer.kind} pulls the backbone towards the source weights, and "
                           f"this run starts from none (strategy={strategy.label}, no source run, model.checkpoint and "
                           f"model.pretrained unset); give it source weights, or use regularizer=none or bss")
+    if loaded is None and strategy.adapts and "fsdp" in str(plan.trainer.get("strategy", "")):
+        raise ConfigError(f"strategy={strategy.label} merges its adapters into best.ckpt after fitting, which needs the "
+                          f"whole model in one process, and trainer.strategy={plan.trainer['strategy']} shards it; "
+                          f"use trainer=ddp (the adapters are small: DDP holds a LoRA model on each GPU)")
     if loaded is None:  # resuming with adapters: last.ckpt holds them, and fit restores every weight from it
         model = build_model(plan, tasks, "" if strategy.adapts and plan.resumed else None)
         strategy.prepare(model)  # adapters join the backbone before the optimizer, checkpoints and DDP see it
