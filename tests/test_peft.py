@@ -264,7 +264,7 @@ def test_bss_penalises_the_smallest_singular_values_of_the_batch_features(runs):
     expected = 0.5 * (np.linalg.svd(features.double().numpy(), compute_uv=False)[-3:] ** 2).sum()
     assert float(term(model, [features])) == pytest.approx(expected, rel=1e-5)
     reg = csv_column(runs["bss"]["dir"], "train/reg_loss")
-    assert reg and min(reg) > 0
+    assert reg and min(reg) >= 0 and max(reg) > 0
 
 
 def test_resume_of_an_interrupted_lora_run_ends_with_the_uninterrupted_runs_metrics(runs, tmp_path):
