@@ -31,25 +31,46 @@ class SampleCounter(Callback):
     backward and optimizer step, without data loading or validation), for ``train_step_seconds``."""
 
     def __init__(self):
-        self.samples, self.steps, self.step_seconds, self._start = 0, 0, 0.0, 0.0
+        self.samples, self.steps, self.step_seconds = 0, 0, 0.0
+        self._start = None
+        self._events: list = []  # (start, end) CUDA events of steps not yet read
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        _sync(pl_module)
-        self._start = time.perf_counter()
+        self._start = _now(pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.samples += sum(batch_size(item[0]) for item in batch.values() if item is not None)
-        _sync(pl_module)
         self.steps += 1
-        self.step_seconds += time.perf_counter() - self._start
+        end = _now(pl_module)
+        if isinstance(end, float):
+            self.step_seconds += end - self._start
+        else:
+            self._events.append((self._start, end))
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._read_events()
+
+    def on_fit_end(self, trainer, pl_module):
+        self._read_events()
+
+    def _read_events(self) -> None:
+        """One wait per epoch for the GPU steps' times, not one per step (``module._check_finite`` avoids them too)."""
+        if self._events:
+            self._events[-1][1].synchronize()
+            self.step_seconds += sum(start.elapsed_time(end) for start, end in self._events) / 1000
+            self._events = []
 
 
-def _sync(pl_module) -> None:
-    """A GPU step's time is its kernels' time: wait for them."""
-    if pl_module.device.type == "cuda":
-        import torch
+def _now(pl_module):
+    """Now, for timing a step: on CPU the host's clock; on a GPU a CUDA event recorded on its stream, so the
+    step's time is its kernels' time and the host does not wait for them."""
+    if pl_module.device.type != "cuda":
+        return time.perf_counter()
+    import torch
 
-        torch.cuda.synchronize(pl_module.device)
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
 
 
 class PeakMemory(Callback):
@@ -61,9 +82,9 @@ class PeakMemory(Callback):
         self.mb: float | None = None
 
     def on_fit_start(self, trainer, pl_module):
-        import torch
-
         if pl_module.device.type == "cuda":
+            import torch
+
             torch.cuda.reset_peak_memory_stats(pl_module.device)
             return
         try:
@@ -73,9 +94,9 @@ class PeakMemory(Callback):
             pass
 
     def on_fit_end(self, trainer, pl_module):
-        import torch
-
         if pl_module.device.type == "cuda":
+            import torch
+
             self.mb = torch.cuda.max_memory_allocated(pl_module.device) / 2**20
             return
         try:

@@ -83,21 +83,21 @@ def _terms():
             super().__init__()
             plain = lambda name: name.replace(".base_layer.", ".")  # noqa: E731
             reference = {plain(n): p for n, p in source.named_parameters() if not added(n)}
+            # (parameter, its source value): the model's Parameter objects stay the same when it moves devices
             self.pairs = [] if weight <= 0 else [
-                (name, reference[plain(name)].detach().clone())
-                for name, _ in model.backbone.named_parameters() if not added(name) and plain(name) in reference]
+                (p, reference[plain(name)].detach().clone())
+                for name, p in model.backbone.named_parameters() if not added(name) and plain(name) in reference]
             self.updates, self.weight, self.head_weight = updates, weight, head_weight
 
         def forward(self, model, features):
-            params = dict(model.backbone.named_parameters())
             device = next(model.parameters()).device
             total = torch.zeros((), device=device)
             if self.weight > 0:
-                for i, (name, value) in enumerate(self.pairs):
-                    if params[name].requires_grad:  # a frozen tensor is the source's: its term is zero
+                for i, (param, value) in enumerate(self.pairs):
+                    if param.requires_grad:  # a frozen tensor is the source's: its term is zero
                         if value.device != device:
-                            self.pairs[i] = (name, value := value.to(device))
-                        total = total + (params[name] - value).float().pow(2).sum() * (self.weight / 2)
+                            self.pairs[i] = (param, value := value.to(device))
+                        total = total + (param - value).float().pow(2).sum() * (self.weight / 2)
                 for delta in self.updates(model):
                     total = total + delta.float().pow(2).sum() * (self.weight / 2)
             if self.head_weight > 0:

@@ -23,6 +23,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from transferlab import metrics as names
 from transferlab import console, runs, tracking
+from transferlab import source as sources
 from transferlab.callbacks import ApplyStrategy, LearningRates, PeakMemory, RandomState, SampleCounter
 from transferlab.checkpoints import StreamingCheckpointIO, create_checkpoints, merge_adapters
 from transferlab.config import to_plain
@@ -77,19 +78,20 @@ def build(plan: Plan, loaded=None) -> Parts:
     """Data, tasks, model, strategy and module of a plan (the model of ``loaded``, a checkpoint rebuilt
     by ``models.from_checkpoint``, when given); raises before any training starts."""
     streams, tasks = build_tasks(plan)
+    strategy, epochs = plan.strategy, plan.trainer["max_epochs"]
     if loaded is not None:
         _check_classes(loaded, tasks, "data")
         model = loaded.model  # its tasks are the plan's (with their data), their classes checked the same
-    strategy, epochs = plan.strategy, plan.trainer["max_epochs"]
-    if loaded is None and plan.regularizer.needs_source and not _has_source(plan):
-        raise ConfigError(f"regularizer={plan.regularizer.kind} pulls the backbone towards the source weights, and "
-                          f"this run starts from none (strategy={strategy.label}, no source run, model.checkpoint and "
-                          f"model.pretrained unset); give it source weights, or use regularizer=none or bss")
-    if loaded is None and strategy.adapts and "fsdp" in str(plan.trainer.get("strategy", "")):
-        raise ConfigError(f"strategy={strategy.label} merges its adapters into best.ckpt after fitting, which needs the "
-                          f"whole model in one process, and trainer.strategy={plan.trainer['strategy']} shards it; "
-                          f"use trainer=ddp (the adapters are small: DDP holds a LoRA model on each GPU)")
-    if loaded is None:  # resuming with adapters: last.ckpt holds them, and fit restores every weight from it
+    else:
+        if plan.regularizer.needs_source and not sources.own_weights(plan.model):
+            raise ConfigError(f"regularizer={plan.regularizer.kind} pulls the backbone towards the source weights, and "
+                              f"this run starts from none (strategy={strategy.label}, no source run, model.checkpoint "
+                              f"and model.pretrained unset); give it source weights, or use regularizer=none or bss")
+        if strategy.adapts and "fsdp" in str(plan.trainer.get("strategy", "")):
+            raise ConfigError(f"strategy={strategy.label} merges its adapters into best.ckpt after fitting, which needs "
+                              f"the whole model in one process, and trainer.strategy={plan.trainer['strategy']} shards "
+                              f"it; use trainer=ddp (the adapters are small: DDP holds a LoRA model on each GPU)")
+        # resuming with adapters: last.ckpt holds them, and fit restores every weight from it
         model = build_model(plan, tasks, "" if strategy.adapts and plan.resumed else None)
         strategy.prepare(model)  # adapters join the backbone before the optimizer, checkpoints and DDP see it
     strategy.check_fits(model, epochs)
@@ -124,11 +126,6 @@ def build(plan: Plan, loaded=None) -> Parts:
     eval_sets = {name: datamodule(_eval_streams(name, data, plan, tasks), data, features / f"eval_{name}")
                  for name, data in plan.eval_sets.items()}
     return Parts(module, datamodule(streams, plan.data, features), eval_sets)
-
-
-def _has_source(plan: Plan) -> bool:
-    model = plan.model
-    return bool(model.checkpoint or model.pretrained or getattr(model, "path", None))
 
 
 def _started_from(plan: Plan, tasks: list[Task]):

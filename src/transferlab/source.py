@@ -63,11 +63,17 @@ def source_config(cfg, inputs_key: str = ""):
     return src, run_dir
 
 
+def own_weights(model) -> bool:
+    """Whether a model (its config node or typed settings) names weights of its own: a checkpoint, hub
+    weights or a local model folder."""
+    return bool(model.get("checkpoint") or model.get("pretrained") or model.get("path"))
+
+
 def wanted(cfg) -> bool:
     """A source run is trained when the source group has overrides and the model no weights of its own."""
     if not cfg.get("source") or not cfg.source.get("overrides"):
         return False
-    return not (cfg.model.get("checkpoint") or cfg.model.get("pretrained") or cfg.model.get("path"))
+    return not own_weights(cfg.model)
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,13 @@ def _matches(name: str, pattern) -> bool:
     return any(name == p or name.endswith("." + p) for p in pattern)
 
 
+def unmatched(names: list[str], pattern) -> list:
+    """The parts of ``pattern`` (one regular expression, or each name of a list) that match none of ``names``."""
+    if isinstance(pattern, str):
+        return [] if any(_matches(n, pattern) for n in names) else [pattern]
+    return [p for p in pattern if not any(_matches(n, [p]) for n in names)]
+
+
 def default_targets(backbone, families: list[set[str]]) -> list[str]:
     """The Linear layers of the first name set of ``families`` that the backbone has every name of (a
     timm ViT's attention and MLP, a BERT-like encoder's), else every Linear layer and convolution that
@@ -129,6 +136,7 @@ class PeftStrategy(ParameterEfficient):
 
     def targets(self, backbone) -> list[str]:
         """The full names of the layers to adapt, checked: a pattern that matches nothing names what exists."""
+        modules = dict(backbone.named_modules())
         if self.target_modules is None:
             found = default_targets(backbone, [set(d) for d in self.defaults])
         else:
@@ -139,12 +147,10 @@ class PeftStrategy(ParameterEfficient):
                 except re.error as e:
                     raise ConfigError(f"strategy.target_modules={pattern!r} is not a regular expression ({e}); "
                                       f"valid: {TARGETS}") from None
-            modules = dict(backbone.named_modules())
             hits = [n for n in modules if n and _matches(n, pattern)]
             found = [n for n in hits if isinstance(modules[n], _layers())]
             kinds = {type(modules[n]).__name__ for n in hits} - {"Linear", "Conv2d"}
-            missing = ([pattern] if not found else []) if isinstance(pattern, str) else [
-                p for p in pattern if not any(_matches(n, [p]) for n in found)]
+            missing = unmatched(found, pattern)
             if missing:
                 layers = [n for n, m in modules.items() if isinstance(m, _layers())]
                 why = (f"matches only {', '.join(sorted(kinds))} modules ({self.label} adapts Linear and Conv2d layers)"
@@ -152,7 +158,6 @@ class PeftStrategy(ParameterEfficient):
                 raise ConfigError(f"strategy.target_modules: {missing[0]!r} {why}; its Linear/Conv2d layers are "
                                   f"named e.g. {', '.join(layers[:20])}{' ...' if len(layers) > 20 else ''} "
                                   f"({len(layers)} in all); give {TARGETS}")
-        modules = dict(backbone.named_modules())
         if self.target_modules is None:  # a default leaves out what this tuner cannot adapt (SE convs narrower than r)
             kept = [n for n in found if self.usable(modules[n])]
             if len(kept) < len(found):

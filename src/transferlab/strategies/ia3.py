@@ -2,10 +2,10 @@
 inputs, for feed-forward layers), starting at one, so the run starts at the source model."""
 from dataclasses import dataclass
 
+from transferlab.errors import ConfigError
 from transferlab.settings import setting
 from transferlab.strategies import STRATEGIES
-from transferlab.errors import ConfigError
-from transferlab.strategies.adapters import TARGETS, PeftStrategy, _matches, exactly
+from transferlab.strategies.adapters import TARGETS, PeftStrategy, _matches, exactly, unmatched
 
 FEEDFORWARD = ("fc2", "output.dense")  # MLP second layers of timm ViTs and BERT-like encoders
 
@@ -30,11 +30,10 @@ class IA3(PeftStrategy):
 
         ff = self.feedforward_modules
         pattern = list(FEEDFORWARD) if ff is None else ff if isinstance(ff, str) else list(ff)
-        names = [n for n, _ in backbone.named_modules()]
-        for p in [] if ff is None else [pattern] if isinstance(ff, str) else pattern:
-            if not any(_matches(n, p if isinstance(ff, str) else [p]) for n in names):
-                raise ConfigError(f"strategy.feedforward_modules: {p!r} matches no module of the backbone; give "
-                                  f"names among the targets (feed-forward layers are scaled on their input)")
+        missing = [] if ff is None else unmatched([n for n, _ in backbone.named_modules()], pattern)
+        if missing:
+            raise ConfigError(f"strategy.feedforward_modules: {missing[0]!r} matches no module of the backbone; give "
+                              f"names among the targets (feed-forward layers are scaled on their input)")
         feedforward = [t for t in targets if _matches(t, pattern)]
         # peft requires the feed-forward layers to be among the targets; both as exact full names
         return IA3Config(target_modules=exactly(targets),

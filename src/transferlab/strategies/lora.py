@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from transferlab.errors import ConfigError
 from transferlab.settings import FRACTION, POSITIVE, POSITIVE_INT, setting
 from transferlab.strategies import STRATEGIES
-from transferlab.strategies.adapters import PeftStrategy, exactly
+from transferlab.strategies.adapters import PeftStrategy, _width, exactly
 
 
 @STRATEGIES.register("lora")
@@ -23,18 +23,14 @@ class LoRA(PeftStrategy):
     marker = "lora_"
 
     def check_target(self, name, module):
-        from transferlab.strategies.adapters import _width
-
         if getattr(module, "groups", 1) != 1:
             raise ConfigError(f"strategy.target_modules: '{name}' is a grouped convolution (groups={module.groups}); "
                               f"LoRA adapts Linear layers and ungrouped convolutions only, so leave it out")
-        if self.r > _width(module):
+        if not self.usable(module):
             raise ConfigError(f"strategy.r={self.r} is larger than '{name}' can use (its weight has rank at most "
                               f"{_width(module)}); valid: r <= {_width(module)}, or target other layers")
 
     def usable(self, module):
-        from transferlab.strategies.adapters import _width
-
         return self.r <= _width(module)
 
     def peft_config(self, targets, backbone):
