@@ -111,11 +111,28 @@ def _stage_watcher_class():
     return StageWatcher
 
 
+def _interrupt_class():
+    from pytorch_lightning import Callback
+
+    class Interrupt(Callback):
+        """Stops the run with an exception at the start of its second epoch (last.ckpt holds the first)."""
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                raise RuntimeError("interrupted by the test")
+
+    Interrupt.__qualname__ = "Interrupt"
+    return Interrupt
+
+
+_CALLBACKS = {"StageWatcher": _stage_watcher_class, "Interrupt": _interrupt_class}
+
+
 def __getattr__(name: str):
-    """``StageWatcher`` subclasses Lightning's Callback: it is defined when first imported, so that importing
-    this module does not import Lightning."""
-    if name == "StageWatcher":
-        globals()[name] = cls = _stage_watcher_class()
+    """``StageWatcher`` and ``Interrupt`` subclass Lightning's Callback: each is defined when first imported, so
+    that importing this module does not import Lightning."""
+    if name in _CALLBACKS:
+        globals()[name] = cls = _CALLBACKS[name]()
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

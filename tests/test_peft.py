@@ -13,8 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import FAST, FAST_SOURCE, cli, compose, csv_column, source_checkpoint, text_run, train
-from pytorch_lightning import Callback
+from helpers import FAST, FAST_SOURCE, Interrupt, backbone_state, cli, compose, csv_column, source_checkpoint, text_run, train
 
 import transferlab
 from transferlab import run
@@ -25,14 +24,6 @@ from transferlab.plan import resolve
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")  # BatchNorm statistics follow the data (bn=train)
 NO_WANDB = "logger.wandb=null"
-
-
-class Interrupt(Callback):
-    """Stops the run at the start of its second epoch (last.ckpt holds the first, unmerged)."""
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == 1:
-            raise RuntimeError("interrupted by the test")
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +44,12 @@ def params(state: dict) -> dict:
     return {k: v for k, v in state.items() if not k.endswith(BUFFERS)}
 
 
-def backbone(ckpt) -> dict:
-    state = read_checkpoint(ckpt)["state_dict"]
-    return {k[len("model.backbone."):]: v for k, v in state.items() if k.startswith("model.backbone.")}
-
-
 def heads(ckpt) -> dict:
     return {k: v for k, v in read_checkpoint(ckpt)["state_dict"].items() if k.startswith("model.heads.")}
 
 
 def source_of(run_dir) -> dict:
-    return backbone(source_checkpoint(run_dir))
+    return backbone_state(source_checkpoint(run_dir))
 
 
 def lora_plan(tmp_path, *overrides):
@@ -108,7 +94,7 @@ def test_default_targets_are_attention_and_mlp_layers_or_ungrouped_convolutions(
 def test_lora_trains_only_its_adapters_and_the_head_and_leaves_an_ordinary_best_checkpoint(runs):
     run_dir = runs["lora"]["dir"]
     source = source_of(run_dir)
-    last = backbone(run_dir / "checkpoints" / "last.ckpt")  # unmerged, for resume=
+    last = backbone_state(run_dir / "checkpoints" / "last.ckpt")  # unmerged, for resume=
     wrapped = {k: v for k, v in last.items() if ".base_layer." in k}
     assert wrapped
     for key, value in wrapped.items():
@@ -117,7 +103,7 @@ def test_lora_trains_only_its_adapters_and_the_head_and_leaves_an_ordinary_best_
         if "lora_" not in key and ".base_layer." not in key:
             assert torch.equal(value, source[key]), f"{key} is not an adapter and moved"
     assert any(v.abs().sum() > 0 for k, v in last.items() if "lora_B" in k), "the adapters did not train"
-    best = backbone(run_dir / "checkpoints" / "best.ckpt")
+    best = backbone_state(run_dir / "checkpoints" / "best.ckpt")
     assert set(best) == set(source)  # merged: the source's own keys
     statistics = [k for k in best if k.endswith("running_mean")]  # bn=train: they followed the target data, kept
     assert statistics and any(not torch.equal(best[k], source[k]) for k in statistics)
@@ -176,7 +162,7 @@ def test_the_saved_adapter_on_the_source_model_in_plain_peft_gives_the_merged_we
     inject_adapter_in_model(LoraConfig.from_pretrained(str(folder)), model)
     result = set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
     assert not result.unexpected_keys
-    merged = backbone(run_dir / "checkpoints" / "best.ckpt")
+    merged = backbone_state(run_dir / "checkpoints" / "best.ckpt")
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
     assert layers
     for name, layer in layers:
@@ -187,7 +173,7 @@ def test_the_saved_adapter_on_the_source_model_in_plain_peft_gives_the_merged_we
 
 def test_bitfit_moves_only_biases_and_the_head(runs):
     run_dir = runs["bitfit"]["dir"]
-    source, best = source_of(run_dir), params(backbone(run_dir / "checkpoints" / "best.ckpt"))
+    source, best = source_of(run_dir), params(backbone_state(run_dir / "checkpoints" / "best.ckpt"))
     moved = [k for k in best if not torch.equal(best[k], source[k])]
     assert moved and all(k.endswith(".bias") for k in moved), moved
     assert runs["bitfit"]["metrics"]["trainable_params"] == sum(v.numel() for k, v in best.items() if k.endswith(".bias")) \
@@ -196,7 +182,7 @@ def test_bitfit_moves_only_biases_and_the_head(runs):
 
 def test_ia3_trains_only_its_scaling_vectors(runs):
     run_dir = runs["ia3"]["dir"]
-    source, last = source_of(run_dir), params(backbone(run_dir / "checkpoints" / "last.ckpt"))
+    source, last = source_of(run_dir), params(backbone_state(run_dir / "checkpoints" / "last.ckpt"))
     scales = {k: v for k, v in last.items() if "ia3_l" in k}
     assert scales and any(not torch.equal(v, torch.ones_like(v)) for v in scales.values())
     for key, value in last.items():
@@ -208,7 +194,7 @@ def test_l2_sp_with_weight_zero_trains_exactly_like_fine_tuning(runs):
     plain, off = runs["finetune"], runs["l2sp_off"]
     for key in ("test/acc", "test/loss", "val/acc_best"):
         assert off["metrics"][key] == pytest.approx(plain["metrics"][key], rel=1e-6, abs=1e-9), key
-    a, b = backbone(plain["dir"] / "checkpoints" / "best.ckpt"), backbone(off["dir"] / "checkpoints" / "best.ckpt")
+    a, b = (backbone_state(run["dir"] / "checkpoints" / "best.ckpt") for run in (plain, off))
     for key in a:
         assert torch.allclose(a[key].double(), b[key].double(), rtol=1e-6, atol=1e-8), key
 
@@ -216,7 +202,7 @@ def test_l2_sp_with_weight_zero_trains_exactly_like_fine_tuning(runs):
 def test_l2_sp_pulls_the_backbone_towards_the_source_and_replaces_its_weight_decay(runs, tmp_path):
     def distance(name):
         run_dir = runs[name]["dir"]
-        source, best = source_of(run_dir), params(backbone(run_dir / "checkpoints" / "best.ckpt"))
+        source, best = source_of(run_dir), params(backbone_state(run_dir / "checkpoints" / "best.ckpt"))
         return sum(float((best[k].double() - source[k].double()).pow(2).sum()) for k in best) ** 0.5
 
     assert distance("l2sp") < 0.5 * distance("finetune")
@@ -303,8 +289,8 @@ def test_wise_ft_from_a_probe_to_a_lora_run_and_a_soup_of_lora_runs(runs, tmp_pa
     assert float(by_alpha[0.0]["test/acc"]) == runs["probe"]["metrics"]["test/acc"]
     soup = transferlab.fuse("fusion=uniform_soup", f"runs=[{runs['lora']['dir']},{runs['lora2']['dir']}]", NO_WANDB,
                             run_dir=tmp_path / "soup")
-    members = [backbone(runs[name]["dir"] / "checkpoints" / "best.ckpt") for name in ("lora", "lora2")]
-    fused = backbone(soup.checkpoint)
+    members = [backbone_state(runs[name]["dir"] / "checkpoints" / "best.ckpt") for name in ("lora", "lora2")]
+    fused = backbone_state(soup.checkpoint)
     for key in ("conv1.0.weight", "layer4.0.conv2.weight"):  # the merged LoRA weights, averaged
         average = (members[0][key].double() + members[1][key].double()) / 2
         assert torch.allclose(fused[key].double(), average, rtol=1e-6, atol=1e-7), key

@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import FAST, FAST_SOURCE, runs_into
-from pytorch_lightning import Callback
+from helpers import FAST, FAST_SOURCE, Interrupt, runs_into
 
 import transferlab
 from transferlab.errors import CheckpointError, ConfigError
@@ -63,14 +62,6 @@ def fused(runs) -> Path:
 
 
 # --- C3: TensorBoard continues on resume -------------------------------------------------------------------
-
-class Interrupt(Callback):
-    """Stops the run with an exception at the start of its second epoch (last.ckpt holds the first)."""
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == 1:
-            raise RuntimeError("interrupted by the test")
-
 
 def scalars(folder: Path, tag: str) -> dict[int, float]:
     """``tag`` per step from every TensorBoard event file in ``folder`` (TFRecord: length, its CRC, the

@@ -6,22 +6,13 @@ import csv
 from pathlib import Path
 
 import pytest
-from helpers import FAST
-from pytorch_lightning import Callback
+from helpers import FAST, Interrupt
 from wandb_reader import metric, read_run
 
 import transferlab
 from transferlab import runs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-class Interrupt(Callback):
-    """Stops the run with an exception at the start of its second epoch (last.ckpt holds the first)."""
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == 1:
-            raise RuntimeError("interrupted by the test")
 
 
 def rows(run_dir: Path) -> list[dict]:
