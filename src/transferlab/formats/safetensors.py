@@ -23,10 +23,11 @@ class SafetensorsFormat(Format):
         loaded = deployed.loaded
         state = {f"model.{k}": v.detach().contiguous() for k, v in loaded.model.state_dict().items()}
         save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
-        from transferlab.deploy import load  # back through the record the export wrote beside it
+        from transferlab.models import from_checkpoint  # back through the record the export wrote beside it
 
-        return {"loaded_with": "transferlab.deploy.load (tl-predict ckpt_path=...)",
-                "max_abs_diff": max_difference(deployed, load(folder / WEIGHTS).network)}
+        return {"loaded_with": "transferlab.models.from_checkpoint (what tl-predict ckpt_path= and model.checkpoint= "
+                               "read)",
+                "max_abs_diff": max_difference(deployed, from_checkpoint(folder / WEIGHTS).model)}
 
 
 def max_difference(deployed, network, task=None) -> float:
