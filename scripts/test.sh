@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up .venv (same as demo.sh) and run the whole test suite, slow end-to-end checks included.
+# Set up .venv (same as demo.sh), install Debian's PostgreSQL server if it is missing, and run the whole test
+# suite, slow end-to-end checks included.
 # With no test paths given, the long test files run in a pytest process each and the short ones share a few
 # (importing torch, Lightning and transformers costs every process seconds), TL_TEST_JOBS processes at a time
 # (default: one per core; most tests train on one thread), longest first; a process's output is printed whole
@@ -7,6 +8,14 @@
 # With paths (bash scripts/test.sh tests/test_api.py), one pytest run.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+# tests/postgres.py starts a PostgreSQL server of its own from Debian's package (initdb in a temporary folder)
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" > /dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql > /dev/null
+  else
+    echo "PostgreSQL's server is missing: sudo apt-get install postgresql (tests/test_scale_out.py starts one)" >&2
+  fi
+fi
 for arg in "$@"; do
   if [[ "$arg" != -* ]]; then exec python -m pytest "$@"; fi
 done

@@ -414,27 +414,6 @@ def test_optuna_search_killed_mid_study_continues_with_the_same_command(tmp_path
     assert all(not (dirs[n][0] / "metrics.json").exists() for n in killed)
 
 
-@pytest.mark.slow
-def test_two_processes_on_one_storage_share_the_trials(tmp_path):
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
-    common = ("hydra.sweeper.n_trials=6", f"hydra.sweeper.storage={url}", "hydra.sweeper.study_name=shared",
-              "hydra.sweeper.heartbeat_interval=2")
-    procs = [subprocess.Popen([str(BIN / "tl-train"), *FAST, "hparams_search=optuna", f"paths.output_dir={tmp_path}",
-                               *common, f"hydra.sweep.dir={tmp_path / name}"], cwd=tmp_path,
-                              env={**os.environ, **ONE_THREAD}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True) for name in ("a", "b")]
-    for p in procs:
-        _, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-3000:]
-    trials = by_state(study_trials(url, "shared"))
-    assert set(trials) == {"COMPLETE"} and len(trials["COMPLETE"]) == 6  # n_trials is the study's total
-    ran = {name: set(trial_dirs(tmp_path / name)) for name in ("a", "b")}
-    assert ran["a"] and ran["b"] and not ran["a"] & ran["b"], ran  # both worked, never on the same trial
-    assert ran["a"] | ran["b"] == {t.number for t in trials["COMPLETE"]}
-    assert len({tuple(sorted(t.params.items())) for t in trials["COMPLETE"]}) == 6
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("shared")] == ["shared.db"]  # no lock file
-
-
 # ---------------------------------------------------------------------------------------------------
 # SLURM: hydra/launcher=slurm
 # ---------------------------------------------------------------------------------------------------

@@ -285,37 +285,3 @@ def test_a_postgres_storage_password_never_reaches_the_console_or_a_file(tmp_pat
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
-
-
-def test_trials_reach_a_password_storage_whose_url_is_only_written_masked(tmp_path, monkeypatch, capfd):
-    """The sweeper and every trial open the study through the real URL (here a stand-in for PostgreSQL that
-    opens a SQLite file only when given the password), while every config, record and line shows it masked."""
-    import optuna
-
-    secret = "Pw4Round3yy"
-    url = f"postgresql://user:{secret}@db.example/optuna"
-    real = optuna.storages.RDBStorage
-    opened = []
-
-    class Storage(real):
-        def __init__(self, given, *args, engine_kwargs=None, **kwargs):
-            assert given == url, f"opened {given}, not the storage with its password"
-            opened.append(given)
-            super().__init__(f"sqlite:///{tmp_path / 'pg.db'}", *args, **kwargs)
-
-    monkeypatch.setattr(optuna.storages, "RDBStorage", Storage)
-    code = search(tmp_path, "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={url}", "hydra/sweeper/sampler=random")
-    out, err = capfd.readouterr()
-    assert code == 0, err[-3000:]
-    assert len(opened) >= 3  # the sweeper, then each trial (its pruning callback reports to the study)
-    assert secret not in out + err
-    for path in tmp_path.rglob("*"):
-        if path.is_file() and path.name != "pg.db":
-            assert secret.encode() not in path.read_bytes(), path
-    results = yaml.safe_load((tmp_path / "s" / "optimization_results.yaml").read_text())
-    assert results["storage"] == "postgresql://user:***@db.example/optuna" and results["trials"]["complete"] == 2
-    for n in (0, 1):
-        config = yaml.safe_load((tmp_path / "s" / str(n) / "config.yaml").read_text())
-        assert config["optuna_trial"]["storage"] == results["storage"]
-    found = optuna.load_study(study_name=results["study_name"], storage=real(f"sqlite:///{tmp_path / 'pg.db'}"))
-    assert all(len(t.intermediate_values) == 1 for t in found.get_trials())  # each trial reported its epoch

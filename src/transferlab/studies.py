@@ -1,11 +1,14 @@
 """Optuna studies as transferlab keeps them, shared by the sweeper (hydra_plugins/transferlab_optuna)
 and by each trial's run (pruning.py), which may be another process on another machine: both open the
-study from its storage URL, so nothing is handed over in memory. A URL's password is never written:
-a trial's config names the storage masked, and the real URL reaches the trial through ``STORAGE_ENV``.
+study from its storage URL, so nothing is handed over in memory. SQLite serves one machine; workers on
+many share a database server (PostgreSQL), opened here with settings fit for it. A URL's password is
+never written: a trial's config names the storage masked, and the real URL reaches the trial through
+``STORAGE_ENV``.
 """
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -119,29 +122,106 @@ def absolute(url: str) -> str:
     return url
 
 
-def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None):
-    """SQLite waits up to a minute for a lock instead of failing while other processes write, and two
-    processes opening a new SQLite file take turns: creating the schema at once, one of them fails.
-    They take turns by a lock on the database file itself (``flock``, which SQLite's own POSIX
-    locks do not see), so nothing but the study is left beside it."""
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+# A database server is shared by many workers, each holding the sweeper's connections, its heartbeat
+# thread's and its trial's, across epochs that may last hours: a few connections each (PostgreSQL allows
+# 100 by default), each checked before use (a server or firewall may have closed an idle one), and a
+# connection attempt that gives up within seconds instead of hanging on an unreachable host.
+SERVER_ENGINE = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2, "pool_recycle": 1800}
+CONNECT_TIMEOUT_S = 10
+# the package that brings each database driver SQLAlchemy may ask for (the module it imports -> pip install)
+DRIVERS = {"psycopg": "'transferlab[postgres]' (psycopg 3)", "psycopg2": "psycopg2-binary",
+           "asyncpg": "asyncpg", "pg8000": "pg8000", "pymysql": "pymysql", "MySQLdb": "mysqlclient",
+           "mysql": "mysql-connector-python", "oracledb": "oracledb", "pyodbc": "pyodbc"}
+
+
+def engine_kwargs(url: str) -> dict:
+    """SQLAlchemy engine settings for a storage: SQLite waits up to a minute for a lock instead of failing
+    while other processes write; a database server gets ``SERVER_ENGINE`` and a connect timeout."""
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}
+    return {**SERVER_ENGINE, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+
+
+def _check_driver(url: str) -> None:
+    """A URL SQLAlchemy cannot parse, a database it does not know, or a driver that is not installed: said
+    before any connection, with what to install."""
+    import sqlalchemy
+
     try:
-        with _file_lock(Path(path) if path and path != ":memory:" else None):
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
-                                              grace_period=grace_period)
-    except Exception as e:  # noqa: BLE001 - SQLAlchemy's URL, driver and connection errors
-        reason = redact.scrub(str(e).splitlines()[0] if str(e) else "")
-        raise ConfigError(f"hydra.sweeper.storage={shown(url)} cannot be opened ({type(e).__name__}: "
-                          f"{reason}); give a database URL such as sqlite:///study.db") from None
+        dialect = sqlalchemy.engine.make_url(url).get_dialect()
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError):
+        raise ConfigError(f"hydra.sweeper.storage={shown(url)} is not a database URL SQLAlchemy knows; give one "
+                          f"such as sqlite:///study.db or postgresql://user@host/studies") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        module = (e.name or "").split(".")[0]
+        package = DRIVERS.get(module, module or "the driver")
+        raise ConfigError(f"hydra.sweeper.storage={shown(url)} needs the database driver {module or 'its driver'}, "
+                          f"which is not installed: pip install {package}") from None
+
+
+def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 max_retry: int | None = None):
+    """The study storage at ``url``. With a heartbeat, a trial found lost (its worker died) has its
+    parameters tried again by whichever worker asks next, up to ``max_retry`` times (Optuna's
+    ``RetryFailedTrialCallback``). Processes opening a new database take turns (``exclusive``): creating
+    the schema at once, one of them fails."""
+    _check_driver(url)
+    retry = (optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)
+             if heartbeat_interval and max_retry else None)
+    try:
+        with exclusive(url):
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url),
+                                              heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                              heartbeat_stale_trial_callback=retry)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy's connection and database errors
+        raise ConfigError(unreachable(url, e)) from None
+
+
+def unreachable(url: str, error: Exception) -> str:
+    """Why the storage cannot be opened, naming its host (never its password) and the server's own words."""
+    import sqlalchemy
+
+    reason = str(getattr(error, "orig", None) or error).strip().splitlines()
+    reason = redact.scrub(reason[0] if reason else type(error).__name__)
+    where = sqlalchemy.engine.make_url(url)
+    if where.host:
+        return (f"hydra.sweeper.storage={shown(url)}: the database server {where.host}:{where.port or 'default port'} "
+                f"cannot be used ({reason}); check that it runs, that this machine reaches it, and the URL's "
+                f"user, password and database")
+    return (f"hydra.sweeper.storage={shown(url)} cannot be opened ({type(error).__name__}: {reason}); give a "
+            f"database URL such as sqlite:///study.db")
+
+
+ADVISORY_LOCK = 0x7472616E73666572  # PostgreSQL advisory lock key of transferlab's study set-up ("transfer")
 
 
 @contextmanager
-def _file_lock(path: Path | None):
-    if path is None:
+def exclusive(url: str):
+    """One process at a time in the block, across machines: an SQLite file's own ``flock`` (which SQLite's
+    POSIX locks do not see, so nothing but the study is left beside it), a PostgreSQL advisory lock on a
+    connection of its own (released when it closes, even if this process dies). Other databases: none."""
+    if url.startswith("postgresql"):
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                          connect_args=engine_kwargs(url)["connect_args"])
+        try:
+            with engine.connect() as connection:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": ADVISORY_LOCK})
+                connection.commit()
+                yield
+        finally:
+            engine.dispose()
+        return
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+    if not path or path == ":memory:":
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as lock:  # an empty new file is an empty SQLite database
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
@@ -158,9 +238,16 @@ def create_pruner(spec: dict | None) -> optuna.pruners.BasePruner:
     return PRUNERS.parse(spec, "hydra.sweeper.pruner").create()
 
 
+@functools.cache
+def _trials_storage(url: str):
+    """One storage (one small connection pool) per process for every trial it runs: a worker running
+    hundreds of trials in-process must not hold a pool for each."""
+    return open_storage(url)
+
+
 def load_trial(spec) -> optuna.Trial:
     """The live trial ``optuna_trial={storage, study, number}`` names, with its study's pruner."""
-    storage = open_storage(real_url(spec["storage"]))
+    storage = _trials_storage(real_url(spec["storage"]))
     try:
         study_id = storage.get_study_id_from_name(spec["study"])
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, int(spec["number"]))

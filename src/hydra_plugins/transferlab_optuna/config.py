@@ -26,6 +26,7 @@ class OptunaSweeperConf:
     pruner: Any = MISSING  # hydra/sweeper/pruner: {kind: a name of transferlab.studies.PRUNERS, its arguments}
     heartbeat_interval: int = 60  # seconds between the sweeper's "still running" marks of its trials
     grace_period: Optional[int] = None  # a RUNNING trial unmarked this long was lost (null: 2 x interval)
+    max_retry: int = 2  # times a lost trial's parameters are run again (0: a lost trial is replaced by a new one)
     params: Optional[Dict[str, Any]] = None  # config key -> Hydra sweep syntax or an Optuna distribution
 
 

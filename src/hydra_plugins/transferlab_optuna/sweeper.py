@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import sys
 import threading
 import time
@@ -154,6 +155,34 @@ def _clashes(study, space: dict) -> str | None:
     return None
 
 
+SPACE = "search_space"  # study user attr: {key: distribution as JSON}, the space every worker of it searches
+
+
+def _space_json(space: dict) -> dict:
+    from optuna.distributions import distribution_to_json
+
+    return {k: distribution_to_json(d) for k, d in sorted(space.items())}
+
+
+def _other_space(study, shown: str, space: dict) -> str | None:
+    """Why this search cannot join the study: workers of one study search one space (same keys, same
+    ranges), or its sampler and best value would mix two searches. ``None`` for a study that recorded
+    none (made before transferlab recorded it): it takes this one."""
+    from optuna.distributions import json_to_distribution
+
+    recorded = study.user_attrs.get(SPACE)
+    if recorded is None:
+        return None
+    for key in sorted(set(recorded) | set(space)):
+        theirs = json_to_distribution(recorded[key]) if key in recorded else None
+        if theirs != space.get(key):
+            ours = space.get(key, "a plain value (not searched)")
+            return (f"hydra.sweeper.params.{key} is searched as {ours}, and study '{study.study_name}' in {shown} "
+                    f"searches it as {theirs or 'a plain value (not searched)'}; every worker of one study "
+                    f"searches the same space: give the study's params, or another hydra.sweeper.study_name")
+    return None
+
+
 def _first(distribution):
     """One value of a distribution: its low end, or its first choice."""
     return distribution.choices[0] if hasattr(distribution, "choices") else distribution.low
@@ -204,12 +233,13 @@ def _heartbeat(storage, trials, interval: int):
 class OptunaSweeper(Sweeper):
     def __init__(self, sampler: Any, direction: str, study_name: str | None, storage: str | None, n_trials: int,
                  n_jobs: int, max_failure_rate: float, pruner: DictConfig | None,
-                 heartbeat_interval: int, grace_period: int | None, params: DictConfig | None) -> None:
+                 heartbeat_interval: int, grace_period: int | None, max_retry: int,
+                 params: DictConfig | None) -> None:
         self.sampler, self.direction, self.study_name, self.storage = sampler, direction, study_name, storage
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
         spec = OmegaConf.to_container(pruner, resolve=True) if OmegaConf.is_config(pruner) else pruner
         self.pruner = spec if spec and spec.get("kind") else None
-        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
+        self.heartbeat_interval, self.grace_period, self.max_retry = heartbeat_interval, grace_period, max_retry
         self.params = OmegaConf.to_container(params) if params is not None else {}
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
@@ -225,8 +255,6 @@ class OptunaSweeper(Sweeper):
             sys.exit(e.exit_code)
 
     def _sweep(self, arguments: list[str]) -> None:
-        import optuna
-
         from transferlab import studies
         from transferlab.errors import ConfigError
         from transferlab.metrics import check_selection
@@ -260,10 +288,26 @@ class OptunaSweeper(Sweeper):
                                  f"({e.strerror or e}); give a storage in a folder you can write, such as "
                                  f"sqlite:///study.db") from None
             with _quiet():
-                storage = studies.open_storage(url, self.heartbeat_interval, self.grace_period)
+                storage = studies.open_storage(url, self.heartbeat_interval, self.grace_period, self.max_retry)
         except ConfigError as e:
             raise SweepError(f"error: {e}") from None
+        self._warn_parallel_sqlite(url)
         name = self.study_name or sweep_dir.name
+        with studies.exclusive(url):  # workers starting at once: one creates the study, the others check it
+            study = self._join(storage, sampler, name, shown, objective, space)
+        done = sum(map(studies.counted, study.get_trials(deepcopy=False)))
+        log.info("Optuna study '%s' in %s: %d of %d trials done; %s over %s", name, shown, done, self.n_trials,
+                 type(sampler).__name__, ", ".join(space) or "nothing")
+        self._search(study, storage, space, fixed, url)
+        self._summarise(study, url, sweep_dir)
+
+    def _join(self, storage, sampler, name: str, shown: str, objective: str, space: dict):
+        """The study, created or loaded; refused when it was made for another direction, objective or
+        search space (one best value cannot mix them)."""
+        import optuna
+
+        from transferlab import studies
+
         study = optuna.create_study(storage=storage, sampler=sampler, study_name=name, direction=self.direction,
                                     load_if_exists=True)
         if study.direction.name.lower() != self.direction:
@@ -274,16 +318,24 @@ class OptunaSweeper(Sweeper):
             raise SweepError(f"error: study '{name}' in {shown} searched objective={searched}, and this search's "
                              f"objective={objective}: one best value cannot mix two metrics; search objective="
                              f"{searched}, or give another hydra.sweeper.study_name or storage")
-        clash = _clashes(study, space)
+        clash = _clashes(study, space) or _other_space(study, shown, space)
         if clash:
             raise SweepError(f"error: {clash}")
         study.set_user_attr(studies.OBJECTIVE, objective)
         study.set_user_attr(studies.PRUNER, self.pruner)
-        done = sum(map(studies.counted, study.get_trials(deepcopy=False)))
-        log.info("Optuna study '%s' in %s: %d of %d trials done; %s over %s", name, shown, done, self.n_trials,
-                 type(sampler).__name__, ", ".join(space) or "nothing")
-        self._search(study, storage, space, fixed, url)
-        self._summarise(study, url, sweep_dir)
+        study.set_user_attr(SPACE, _space_json(space))
+        return study
+
+    def _warn_parallel_sqlite(self, url: str) -> None:
+        """SQLite locks its whole file for each write and must not live on a network file system: trials
+        running at once (a launcher that starts jobs together, n_jobs > 1) belong on a database server."""
+        from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+
+        if url.startswith("sqlite") and self.n_jobs > 1 and not isinstance(self.launcher, BasicLauncher):
+            log.warning("hydra.sweeper.storage=%s is an SQLite file, and hydra.sweeper.n_jobs=%d trials run at once "
+                        "through %s: SQLite locks the whole file for each write and breaks on network file "
+                        "systems; use a database server, e.g. hydra.sweeper.storage=postgresql://user@host/studies "
+                        "(README: Scale out)", url, self.n_jobs, type(self.launcher).__name__)
 
     def _check_config(self, space: dict, fixed: dict) -> None:
         """A trial's config at one point of the space, resolved as tl-train resolves each job (a pure step:
@@ -316,11 +368,15 @@ class OptunaSweeper(Sweeper):
         for key in ("n_trials", "n_jobs", "heartbeat_interval"):
             if getattr(self, key) < 1:
                 raise SweepError(f"error: hydra.sweeper.{key}={getattr(self, key)} must be at least 1")
+        if self.max_retry < 0:
+            raise SweepError(f"error: hydra.sweeper.max_retry={self.max_retry} must be 0 or more")
 
     def _search(self, study, storage, space: dict, fixed: dict, url: str) -> None:
-        """Until ``n_trials`` are done in the whole study: ask what is left (less what other sweepers are
-        running), launch, tell. A trial whose sweeper died (no heartbeat for ``grace_period``) is marked
-        FAIL without an error and does not count, so a new trial takes its place."""
+        """Until ``n_trials`` are done in the whole study: ask what is left (less what other workers are
+        running), launch, tell. A trial whose worker died (no heartbeat for ``grace_period``) is marked
+        FAIL without an error and does not count; its parameters are queued to run again (``max_retry``).
+        Workers take stock and ask one at a time (``studies.exclusive``): none asks past ``n_trials``, and a
+        lost trial's retry is queued before any other worker asks."""
         import optuna
 
         from transferlab import studies
@@ -328,44 +384,47 @@ class OptunaSweeper(Sweeper):
         first, waiting = True, None
         sweep_dir = Path(self.config.hydra.sweep.dir)
         while True:
-            with _quiet():
-                optuna.storages.fail_stale_trials(study)
-            trials = study.get_trials(deepcopy=False)
-            done = [t for t in trials if studies.counted(t)]
-            failed = sum(t.state == optuna.trial.TrialState.FAIL for t in done)
-            if len(done) >= self.n_trials:
-                return
-            if done and failed / len(done) > self.max_failure_rate:
-                self._summarise(study, url, sweep_dir, stop=(
-                    f"{failed} of {len(done)} trials failed, more than hydra.sweeper.max_failure_rate="
-                    f"{self.max_failure_rate}"))
-            running = [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
-            batch = min(self.n_jobs, self.n_trials - len(done) - len(running))
-            grid_left = _grid_left(study.sampler, study)
-            if grid_left is not None:
-                if grid_left == 0 and (not running or study.sampler.is_exhausted(study)):
-                    log.warning("the grid has %d points, all tried: the search ends at %d of hydra.sweeper.n_trials="
-                                "%d", len(study.sampler._all_grids), len(done), self.n_trials)
-                    return
-                batch = min(batch, grid_left)
-            if batch < 1:  # the rest is running elsewhere: wait for it to end or to be found lost
-                if waiting != running:
-                    log.warning("waiting for trial(s) %s of study '%s', running elsewhere (a trial whose sweeper "
-                                "died counts as lost after hydra.sweeper.grace_period without a heartbeat)",
-                                ", ".join(map(str, running)), study.study_name)
-                    waiting = running
-                time.sleep(self.heartbeat_interval)
-                continue
-            waiting, asked = None, []
+            asked = []
             try:  # every trial asked is told, whatever fails before its job ends (else RUNNING forever)
-                with _quiet():
-                    for _ in range(batch):
-                        asked.append(study.ask())
-                        try:  # found lost (and failed) if this process dies before its job starts
-                            storage.record_heartbeat(asked[-1]._trial_id)
-                        except Exception as e:  # noqa: BLE001 - a busy database: the job's heartbeats follow
-                            log.debug("heartbeat of trial %d not recorded: %s", asked[-1].number, e)
-                asked = self._within_budget(study, asked)
+                with studies.exclusive(url):
+                    with _quiet():
+                        optuna.storages.fail_stale_trials(study)
+                    trials = study.get_trials(deepcopy=False)
+                    done = [t for t in trials if studies.counted(t)]
+                    failed = sum(t.state == optuna.trial.TrialState.FAIL for t in done)
+                    if len(done) >= self.n_trials:
+                        return
+                    if done and failed / len(done) > self.max_failure_rate:
+                        self._summarise(study, url, sweep_dir, stop=(
+                            f"{failed} of {len(done)} trials failed, more than hydra.sweeper.max_failure_rate="
+                            f"{self.max_failure_rate}"))
+                    running = [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+                    batch = min(self.n_jobs, self.n_trials - len(done) - len(running))
+                    grid_left = _grid_left(study.sampler, study)
+                    if grid_left is not None:
+                        if grid_left == 0 and (not running or study.sampler.is_exhausted(study)):
+                            log.warning("the grid has %d points, all tried: the search ends at %d of "
+                                        "hydra.sweeper.n_trials=%d", len(study.sampler._all_grids), len(done),
+                                        self.n_trials)
+                            return
+                        batch = min(batch, grid_left)
+                    with _quiet():
+                        for _ in range(batch):
+                            asked.append(study.ask())
+                            try:  # found lost (and failed) if this process dies before its job starts
+                                storage.record_heartbeat(asked[-1]._trial_id)
+                            except Exception as e:  # noqa: BLE001 - a busy database: the job's heartbeats follow
+                                log.debug("heartbeat of trial %d not recorded: %s", asked[-1].number, e)
+                    asked = self._within_budget(study, asked)
+                if batch < 1:  # the rest is running elsewhere: wait for it to end or to be found lost
+                    if waiting != running:
+                        log.warning("waiting for trial(s) %s of study '%s', running elsewhere (a trial whose worker "
+                                    "died counts as lost after hydra.sweeper.grace_period without a heartbeat)",
+                                    ", ".join(map(str, running)), study.study_name)
+                        waiting = running
+                    time.sleep(self.heartbeat_interval)
+                    continue
+                waiting = None
                 if not asked:
                     continue
                 if first and asked[0].number > 0 and not isinstance(study.sampler, optuna.samplers.GridSampler):
@@ -387,9 +446,9 @@ class OptunaSweeper(Sweeper):
                 self._summarise(study, url, sweep_dir, stop=missing, exit_code=2)  # the objective is the user's
 
     def _within_budget(self, study, asked: list) -> list:
-        """Sweepers that ask at the same moment could overshoot ``n_trials``: the lowest-numbered trials
-        keep the budget (every sweeper sees the same numbers); the others end unrun, as FAIL without an
-        error, which does not count."""
+        """Sweepers that ask at the same moment (on a database ``studies.exclusive`` cannot lock) could
+        overshoot ``n_trials``: the lowest-numbered trials keep the budget (every sweeper sees the same
+        numbers); the others end unrun, as FAIL without an error, which does not count."""
         import optuna
 
         from transferlab import studies
@@ -463,6 +522,7 @@ class OptunaSweeper(Sweeper):
         import optuna
 
         from transferlab import studies
+        from transferlab.runs import write_atomic
 
         trials = study.get_trials(deepcopy=False)
         states = optuna.trial.TrialState
@@ -477,7 +537,7 @@ class OptunaSweeper(Sweeper):
             results.update(best_trial=best.number, best_value=best.value, best_params=best.params,
                            importances=_importances(study, count["complete"]))
             _plot_history(study, sweep_dir / HISTORY)
-        OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS)
+        write_atomic(sweep_dir / RESULTS, OmegaConf.to_yaml(OmegaConf.create(results)))  # workers of one sweep dir
         if count["complete"]:
             log.info("best %s = %s (trial %d): %s", results["objective"], results["best_value"],
                      results["best_trial"], results["best_params"])
@@ -521,5 +581,7 @@ def _plot_history(study, path: Path) -> None:
 
     with _quiet():
         ax = plot_optimization_history(study)
-    ax.figure.savefig(path, dpi=120, bbox_inches="tight")
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")  # workers sharing the sweep dir: never half a file
+    ax.figure.savefig(part, format="png", dpi=120, bbox_inches="tight")
     plt.close(ax.figure)
+    os.replace(part, path)

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from transferlab import metrics as names
 from transferlab.errors import ConfigError
+from transferlab.redact import argv_scrubbed
 from transferlab.runs import Run, find_runs, write_atomic
 from transferlab.reports.table import Row, build_rows, markdown, select, write_csv
 
@@ -52,9 +53,9 @@ def write_report(dirs, out=None, select_by: str | None = None) -> Report:
 
             figures = [p for p in (plot(rows, out / "report.png"), plot_alpha(rows, out / "fusion.png")) if p]
             paths += figures
-        study = _study(dirs[0])
-        if study and (dirs[0] / HISTORY).is_file():
-            figures.append(dirs[0] / HISTORY)
+        study, folder = _study(dirs)
+        if study and (folder / HISTORY).is_file():
+            figures.append(folder / HISTORY)
         text = markdown(rows, runs, run_labels, dirs, [os.path.relpath(p, out) for p in figures], select_by, study)
         write_atomic(paths[0], text)
         write_csv(paths[1], rows, runs, run_labels)
@@ -74,17 +75,28 @@ def _check_writable(out: Path) -> None:
 
 
 HISTORY = "optimization_history.png"  # beside optimization_results.yaml, written by the Optuna sweeper
+RESULTS = "optimization_results.yaml"
 
 
-def _study(sweep_dir: Path) -> dict | None:
-    """The Optuna sweeper's summary of its study, when the directory is an Optuna search."""
+def _study(dirs: list[Path]) -> tuple[dict, Path] | tuple[None, None]:
+    """The Optuna sweeper's summary of the study behind the runs, and its folder: the first directory's,
+    else the newest found below the directories when all of them summarise one study (each worker of a
+    shared study leaves one in its own sweep folder; the last to end saw every trial)."""
     import yaml
 
-    path = sweep_dir / "optimization_results.yaml"
-    try:
-        return yaml.safe_load(path.read_text()) if path.is_file() else None
-    except (OSError, yaml.YAMLError):
-        return None
+    found = [dirs[0] / RESULTS] if (dirs[0] / RESULTS).is_file() else [p for d in dirs for p in d.rglob(RESULTS)]
+    summaries = []
+    for path in found:
+        try:
+            summary = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(summary, dict):
+            summaries.append((path.stat().st_mtime, path, summary))
+    if not summaries or len({(s.get("storage"), s.get("study_name")) for _, _, s in summaries}) > 1:
+        return None, None
+    _, path, summary = max(summaries, key=lambda found: found[0])
+    return summary, path.parent
 
 
 def wanted_wandb(config: DictConfig) -> bool:
@@ -107,9 +119,10 @@ def log_to_wandb(report: Report, config: DictConfig) -> None:
                "trainable_params", "fit_seconds"]
     data = [[r.label, r.best, len(r.runs), *(v for m in names.SHOWN for v in (r.mean(m), r.std(m))),
              r.mean("trainable_params"), r.mean("fit_seconds")] for r in report.rows]
-    run = wandb.init(project=project, group=group, job_type="report", name=f"report-{group}", dir=str(out),
-                     mode=os.environ.get("WANDB_MODE", "offline"),
-                     config={"sweep_dir": str(out.resolve()), "runs": len(report.runs)})
+    with argv_scrubbed():  # W&B records the command line, which may hold a storage URL's password
+        run = wandb.init(project=project, group=group, job_type="report", name=f"report-{group}", dir=str(out),
+                         mode=os.environ.get("WANDB_MODE", "offline"),
+                         config={"sweep_dir": str(out.resolve()), "runs": len(report.runs)})
     try:
         payload = {"report/table": wandb.Table(columns=columns, data=data)}
         figures = {"report/figure": out / "report.png", "report/optimization_history": out / HISTORY}
