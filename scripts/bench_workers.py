@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import signal
 import subprocess
@@ -34,12 +35,17 @@ def workers(n: int, url: str, study: str, trials: int, out: Path, grace: int = 1
                              start_new_session=True) for i in range(n)]
 
 
+@functools.cache
+def storage_at(url: str):
+    from transferlab.studies import open_storage
+
+    return open_storage(url)
+
+
 def trials_of(url: str, study: str):
     import optuna
 
-    from transferlab.studies import open_storage
-
-    return optuna.load_study(study_name=study, storage=open_storage(url)).get_trials(deepcopy=False)
+    return optuna.load_study(study_name=study, storage=storage_at(url)).get_trials(deepcopy=False)
 
 
 def throughput(url: str, study: str) -> tuple[float, int]:
@@ -50,15 +56,16 @@ def throughput(url: str, study: str) -> tuple[float, int]:
 
 def retry_delay(url: str, out: Path, trials: int, grace: int) -> tuple[float, float]:
     """Seconds from a worker's SIGKILL mid-trial to its trial's parameters starting again, and to their end."""
-    procs = workers(3, url, "killed", trials, out, grace)
+    study = f"killed-{os.getpid()}"
+    procs = workers(3, url, study, trials, out, grace)
     try:
         while True:
             time.sleep(0.2)
             try:
-                running = [t for t in trials_of(url, "killed") if t.state.name == "RUNNING"]
+                running = [t for t in trials_of(url, study) if t.state.name == "RUNNING"]
             except KeyError:
                 continue
-            sweeps = {i: out / "killed" / f"w{i}" for i in range(3)}
+            sweeps = {i: out / study / f"w{i}" for i in range(3)}
             victim = next((i for i, d in sweeps.items() for t in running
                            if (d / str(t.number) / "config.yaml").is_file()
                            and not (d / str(t.number) / "metrics.json").exists()), None)
@@ -73,7 +80,7 @@ def retry_delay(url: str, out: Path, trials: int, grace: int) -> tuple[float, fl
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
-    (retry,) = [t for t in trials_of(url, "killed") if t.system_attrs.get("failed_trial") == number]
+    (retry,) = [t for t in trials_of(url, study) if t.system_attrs.get("failed_trial") == number]
     return (retry.datetime_start - killed).total_seconds(), (retry.datetime_complete - killed).total_seconds()
 
 
@@ -81,7 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storage", help="a PostgreSQL URL; default: start a throwaway server here")
     parser.add_argument("--trials", type=int, default=12, help="trials per study")
-    parser.add_argument("--grace", type=int, default=3, help="hydra.sweeper.grace_period of the kill run (s)")
+    parser.add_argument("--grace", type=int, default=3, help="hydra.sweeper.grace_period of the kill run (s, > 1)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "tests"))
     from postgres import Server  # the tests' throwaway server
@@ -90,9 +97,10 @@ def main() -> None:
         url = args.storage or server.url
         for n in (1, 3):
             start = time.monotonic()
-            procs = workers(n, url, f"w{n}", args.trials, Path(tmp))
+            study = f"workers{n}-{os.getpid()}"  # a new study each run, also on a server given with --storage
+            procs = workers(n, url, study, args.trials, Path(tmp))
             codes = [p.wait() for p in procs]
-            rate, done = throughput(url, f"w{n}")
+            rate, done = throughput(url, study)
             print(f"{n} worker(s): {rate:.1f} trials/min ({done} trials; {time.monotonic() - start:.0f} s with "
                   f"start-up; exit codes {codes})", flush=True)
             if n == 1:

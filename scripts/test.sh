@@ -11,7 +11,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 # tests/postgres.py starts a PostgreSQL server of its own from Debian's package (initdb in a temporary folder)
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" > /dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql > /dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql > /dev/null ||
+      echo "apt-get could not install postgresql: tests/test_scale_out.py will fail" >&2
   else
     echo "PostgreSQL's server is missing: sudo apt-get install postgresql (tests/test_scale_out.py starts one)" >&2
   fi

@@ -57,6 +57,12 @@ def remember(obj) -> None:
                 _SEEN.add(m.group(2))
 
 
+def remember_value(value: str) -> None:
+    """Note one secret value (a password parsed out of a URL the pattern above cannot read)."""
+    if value and len(value) >= 4:
+        _SEEN.add(value)
+
+
 def scrub(obj, secrets: set[str] | None = None):
     """A copy with secret-named keys, secret ``key=value`` overrides and every known secret value
     replaced by a marker, and every URL's password masked."""

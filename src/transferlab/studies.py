@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import os
+import urllib.parse
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,14 +91,31 @@ def missing_objective(objective: str, metrics: dict) -> MissingObjective:
                             f"give objective=one of its val/ keys (e.g. objective=val/acc_best)")
 
 
+def _password(url: str) -> str | None:
+    """The password of a database URL as SQLAlchemy reads it (any character, percent-encoded or not)."""
+    import sqlalchemy
+
+    try:
+        return sqlalchemy.engine.make_url(url).password
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return None
+
+
 def shown(url: str) -> str:
-    """A storage URL as it may be printed or written: its password masked."""
-    return redact.mask_url(url)
+    """A storage URL as it may be printed or written: its password masked (``user:***@host``)."""
+    if _password(url) is None:
+        return redact.mask_url(url)
+    import sqlalchemy
+
+    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
 
 
 def pass_storage(url: str) -> None:
     """Hand the real storage URL to this process's trials (and the processes they start) without writing it."""
     if shown(url) != url:
+        password = _password(url) or ""
+        for value in (password, urllib.parse.quote(password, safe=""), urllib.parse.quote_plus(password)):
+            redact.remember_value(value)
         redact.remember(url)
         os.environ[STORAGE_ENV] = url
 
@@ -128,18 +146,24 @@ def absolute(url: str) -> str:
 # connection attempt that gives up within seconds instead of hanging on an unreachable host.
 SERVER_ENGINE = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2, "pool_recycle": 1800}
 CONNECT_TIMEOUT_S = 10
-# the package that brings each database driver SQLAlchemy may ask for (the module it imports -> pip install)
+# libpq: give up connecting after CONNECT_TIMEOUT_S; TCP keepalives find a peer that vanished without
+# closing its socket (a worker's machine powered off while it held the study's lock) in about a minute
+POSTGRES_CONNECT = {"connect_timeout": CONNECT_TIMEOUT_S, "keepalives": 1, "keepalives_idle": 30,
+                    "keepalives_interval": 10, "keepalives_count": 3}
+CONNECT_ARGS = {"postgresql": POSTGRES_CONNECT, "mysql": {"connect_timeout": CONNECT_TIMEOUT_S}}
+# the package that brings each database driver SQLAlchemy may ask for (its driver name -> pip install)
 DRIVERS = {"psycopg": "'transferlab[postgres]' (psycopg 3)", "psycopg2": "psycopg2-binary",
-           "asyncpg": "asyncpg", "pg8000": "pg8000", "pymysql": "pymysql", "MySQLdb": "mysqlclient",
-           "mysql": "mysql-connector-python", "oracledb": "oracledb", "pyodbc": "pyodbc"}
+           "asyncpg": "asyncpg", "pg8000": "pg8000", "pymysql": "pymysql", "mysqldb": "mysqlclient",
+           "mysqlconnector": "mysql-connector-python", "oracledb": "oracledb", "pyodbc": "pyodbc"}
 
 
 def engine_kwargs(url: str) -> dict:
     """SQLAlchemy engine settings for a storage: SQLite waits up to a minute for a lock instead of failing
-    while other processes write; a database server gets ``SERVER_ENGINE`` and a connect timeout."""
+    while other processes write; a database server gets ``SERVER_ENGINE`` (and its driver's connect settings)."""
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 60}}
-    return {**SERVER_ENGINE, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+    backend = url.split(":", 1)[0].split("+", 1)[0]
+    return {**SERVER_ENGINE, "connect_args": dict(CONNECT_ARGS.get(backend, {}))}
 
 
 def _check_driver(url: str) -> None:
@@ -149,26 +173,25 @@ def _check_driver(url: str) -> None:
 
     try:
         dialect = sqlalchemy.engine.make_url(url).get_dialect()
-    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError):
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ValueError):
         raise ConfigError(f"hydra.sweeper.storage={shown(url)} is not a database URL SQLAlchemy knows; give one "
-                          f"such as sqlite:///study.db or postgresql://user@host/studies") from None
+                          f"such as sqlite:///study.db or postgresql+psycopg://user@host/studies") from None
     try:
         dialect.import_dbapi()
     except ImportError as e:
-        module = (e.name or "").split(".")[0]
-        package = DRIVERS.get(module, module or "the driver")
-        raise ConfigError(f"hydra.sweeper.storage={shown(url)} needs the database driver {module or 'its driver'}, "
-                          f"which is not installed: pip install {package}") from None
+        driver = dialect.driver
+        raise ConfigError(f"hydra.sweeper.storage={shown(url)} needs the database driver {driver}, which cannot "
+                          f"be imported ({e}): pip install {DRIVERS.get(driver, driver)}") from None
 
 
 def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
                  max_retry: int | None = None):
     """The study storage at ``url``. With a heartbeat, a trial found lost (its worker died) has its
     parameters tried again by whichever worker asks next, up to ``max_retry`` times (Optuna's
-    ``RetryFailedTrialCallback``). Processes opening a new database take turns (``exclusive``): creating
+    ``RetryHeartbeatStaleTrialCallback``). Processes opening a new database take turns (``exclusive``): creating
     the schema at once, one of them fails."""
     _check_driver(url)
-    retry = (optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)
+    retry = (optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
              if heartbeat_interval and max_retry else None)
     try:
         with exclusive(url):
@@ -187,11 +210,13 @@ def unreachable(url: str, error: Exception) -> str:
 
     reason = str(getattr(error, "orig", None) or error).strip().splitlines()
     reason = redact.scrub(reason[0] if reason else type(error).__name__)
+    password = _password(url)
+    reason = reason.replace(password, redact.REDACTED) if password else reason
     where = sqlalchemy.engine.make_url(url)
-    if where.host:
-        return (f"hydra.sweeper.storage={shown(url)}: the database server {where.host}:{where.port or 'default port'} "
-                f"cannot be used ({reason}); check that it runs, that this machine reaches it, and the URL's "
-                f"user, password and database")
+    if where.get_backend_name() != "sqlite":
+        server = f"{where.host}:{where.port or 'default port'}" if where.host else "(its default socket)"
+        return (f"hydra.sweeper.storage={shown(url)}: the database server {server} cannot be used ({reason}); "
+                f"check that it runs, that this machine reaches it, and the URL's user, password and database")
     return (f"hydra.sweeper.storage={shown(url)} cannot be opened ({type(error).__name__}: {reason}); give a "
             f"database URL such as sqlite:///study.db")
 
@@ -259,6 +284,11 @@ def load_trial(spec) -> optuna.Trial:
     study = optuna.load_study(study_name=spec["study"], storage=storage, pruner=pruner,
                               sampler=optuna.samplers.RandomSampler())  # a trial reports; it never samples
     return optuna.Trial(study, trial_id)
+
+
+def lost(trial: optuna.trial.FrozenTrial) -> bool:
+    """A trial whose worker died (or that was asked past ``n_trials`` and never run): FAIL without an error."""
+    return trial.state == optuna.trial.TrialState.FAIL and ERROR not in trial.user_attrs
 
 
 def counted(trial: optuna.trial.FrozenTrial) -> bool:

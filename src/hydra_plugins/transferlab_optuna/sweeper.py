@@ -133,8 +133,10 @@ def _grid_left(sampler, study) -> int | None:
     if not isinstance(sampler, optuna.samplers.GridSampler):
         return None
     size = len(sampler._all_grids)
-    taken = {t.system_attrs["grid_id"] for t in study.get_trials(deepcopy=False)
-             if "grid_id" in t.system_attrs and t.state != optuna.trial.TrialState.WAITING}
+    from transferlab.studies import lost
+
+    taken = {t.system_attrs["grid_id"] for t in study.get_trials(deepcopy=False)  # a lost trial's point is free:
+             if "grid_id" in t.system_attrs and t.state != optuna.trial.TrialState.WAITING and not lost(t)}  # its retry takes it
     return max(size - len(taken), 0)
 
 
@@ -272,6 +274,7 @@ class OptunaSweeper(Sweeper):
         url = studies.absolute(self.storage or f"sqlite:///{sweep_dir / 'optuna.db'}")
         shown = studies.shown(url)  # what is printed and written: the password masked
         studies.pass_storage(url)  # the trials' route to the real URL
+        self._mask_storage(url, shown)
         try:
             studies.create_pruner(self.pruner)  # a bad name or argument: an error now, not in every trial
             folder = sweep_dir
@@ -326,6 +329,21 @@ class OptunaSweeper(Sweeper):
         study.set_user_attr(SPACE, _space_json(space))
         return study
 
+    def _mask_storage(self, url: str, shown: str) -> None:
+        """The launcher keeps the sweep's config, saves it (multirun.yaml) and submitit pickles it into the
+        sweep folder: from here on it holds the storage masked, the jobs compose theirs from it, and trials
+        open the real URL through ``studies.STORAGE_ENV``."""
+        from omegaconf import read_write
+
+        from transferlab import redact
+
+        if shown == url:
+            return
+        with read_write(self.config.hydra), open_dict(self.config.hydra):
+            self.config.hydra.sweeper.storage = shown
+            self.config.hydra.overrides.hydra = [redact.scrub(o.replace(url, shown))
+                                                 for o in self.config.hydra.overrides.hydra]
+
     def _warn_parallel_sqlite(self, url: str) -> None:
         """SQLite locks its whole file for each write and must not live on a network file system: trials
         running at once (a launcher that starts jobs together, n_jobs > 1) belong on a database server."""
@@ -370,6 +388,10 @@ class OptunaSweeper(Sweeper):
                 raise SweepError(f"error: hydra.sweeper.{key}={getattr(self, key)} must be at least 1")
         if self.max_retry < 0:
             raise SweepError(f"error: hydra.sweeper.max_retry={self.max_retry} must be 0 or more")
+        if self.grace_period is not None and self.grace_period <= self.heartbeat_interval:
+            raise SweepError(f"error: hydra.sweeper.grace_period={self.grace_period} must be longer than "
+                             f"hydra.sweeper.heartbeat_interval={self.heartbeat_interval}, or every running trial "
+                             f"would look lost between two heartbeats (null: twice the interval)")
 
     def _search(self, study, storage, space: dict, fixed: dict, url: str) -> None:
         """Until ``n_trials`` are done in the whole study: ask what is left (less what other workers are
@@ -384,7 +406,7 @@ class OptunaSweeper(Sweeper):
         first, waiting = True, None
         sweep_dir = Path(self.config.hydra.sweep.dir)
         while True:
-            asked = []
+            asked, stop = [], None
             try:  # every trial asked is told, whatever fails before its job ends (else RUNNING forever)
                 with studies.exclusive(url):
                     with _quiet():
@@ -395,9 +417,8 @@ class OptunaSweeper(Sweeper):
                     if len(done) >= self.n_trials:
                         return
                     if done and failed / len(done) > self.max_failure_rate:
-                        self._summarise(study, url, sweep_dir, stop=(
-                            f"{failed} of {len(done)} trials failed, more than hydra.sweeper.max_failure_rate="
-                            f"{self.max_failure_rate}"))
+                        stop = (f"{failed} of {len(done)} trials failed, more than hydra.sweeper.max_failure_rate="
+                                f"{self.max_failure_rate}")
                     running = [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
                     batch = min(self.n_jobs, self.n_trials - len(done) - len(running))
                     grid_left = _grid_left(study.sampler, study)
@@ -409,13 +430,15 @@ class OptunaSweeper(Sweeper):
                             return
                         batch = min(batch, grid_left)
                     with _quiet():
-                        for _ in range(batch):
+                        for _ in range(0 if stop else batch):
                             asked.append(study.ask())
                             try:  # found lost (and failed) if this process dies before its job starts
                                 storage.record_heartbeat(asked[-1]._trial_id)
                             except Exception as e:  # noqa: BLE001 - a busy database: the job's heartbeats follow
                                 log.debug("heartbeat of trial %d not recorded: %s", asked[-1].number, e)
                     asked = self._within_budget(study, asked)
+                if stop:  # (the report is written outside the lock: other workers go on asking meanwhile)
+                    self._summarise(study, url, sweep_dir, stop=stop)
                 if batch < 1:  # the rest is running elsewhere: wait for it to end or to be found lost
                     if waiting != running:
                         log.warning("waiting for trial(s) %s of study '%s', running elsewhere (a trial whose worker "
@@ -492,6 +515,10 @@ class OptunaSweeper(Sweeper):
         from transferlab import studies
 
         value = ret._return_value  # (``return_value`` re-raises a failed job's exception)
+        if study._storage.get_trial(trial._trial_id).state.is_finished():
+            log.warning("trial %d was marked lost while it ran (no heartbeat for hydra.sweeper.grace_period): its "
+                        "result is not counted, its parameters run again", trial.number)
+            return None
         if ret.status == JobStatus.FAILED and isinstance(value, optuna.TrialPruned):
             study.tell(trial, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
             log.info("trial %d %s", trial.number, value)
@@ -528,7 +555,7 @@ class OptunaSweeper(Sweeper):
         states = optuna.trial.TrialState
         count = {name: sum(t.state == s and studies.counted(t) for t in trials)
                  for name, s in (("complete", states.COMPLETE), ("pruned", states.PRUNED), ("failed", states.FAIL))}
-        count["lost"] = sum(t.state == states.FAIL and not studies.counted(t) for t in trials)
+        count["lost"] = sum(map(studies.lost, trials))
         results = {"name": "optuna", "study_name": study.study_name, "storage": studies.shown(url),
                    "direction": self.direction, "objective": OmegaConf.select(self.config, "objective"),
                    "trials": count}
