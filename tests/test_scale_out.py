@@ -3,7 +3,7 @@ Debian package, started here: ``postgres.Server``), a worker killed mid-trial an
 sweep through submitit's own local executor, and what a bad storage URL says.
 
 The workers are ``tl-train`` processes started at once, because a process and its death are what is
-tested; everything else runs in this process.
+tested, and submitit starts a process per job, which is its point; everything else runs in this process.
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ import yaml
 from helpers import BIN, ONE_THREAD, by_state, cli, metrics, trial_dirs
 from postgres import PASSWORD, Server
 
-# One search's trial: no source run, 10 images per class, CSV only; a few seconds in a worker.
-TINY = ["source=none", "logger=csv", "trainer.enable_progress_bar=false", "data.train_per_class=10"]
-SEARCH = ["hparams_search=optuna", *TINY, "hydra/sweeper/sampler=random"]
+# A search whose trial has no source run, 10 images per class, CSV only: a few seconds in a worker.
+SEARCH = ["hparams_search=optuna", "source=none", "logger=csv", "trainer.enable_progress_bar=false",
+          "data.train_per_class=10", "hydra/sweeper/sampler=random"]
 
 
 @pytest.fixture(scope="module")
