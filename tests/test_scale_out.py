@@ -59,7 +59,7 @@ def test_three_workers_share_one_postgres_study_and_a_killed_workers_trial_is_re
     n_trials, out = 6, tmp_path / "out"
     common = [*SEARCH, "trainer.max_epochs=3", f"paths.output_dir={out}", f"hydra.sweeper.storage={pg.url}",
               "hydra.sweeper.study_name=shared", f"hydra.sweeper.n_trials={n_trials}",
-              "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=5"]
+              "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=8"]  # 7 missed beats' margin
     sweeps = [out / "multirun" / f"w{i}" for i in range(3)]  # a sweep folder each, as on machines of their own
     workers = [subprocess.Popen([str(BIN / "tl-train"), *common, f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
                                 env={**os.environ, **ONE_THREAD}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -294,4 +294,4 @@ def lost(trial: optuna.trial.FrozenTrial) -> bool:
 def counted(trial: optuna.trial.FrozenTrial) -> bool:
     """A trial that used up one of ``n_trials``: complete, pruned, or failed in its job (not lost)."""
     states = optuna.trial.TrialState
-    return trial.state in (states.COMPLETE, states.PRUNED) or (trial.state == states.FAIL and ERROR in trial.user_attrs)
+    return trial.state in (states.COMPLETE, states.PRUNED) or (trial.state == states.FAIL and not lost(trial))

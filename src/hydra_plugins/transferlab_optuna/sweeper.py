@@ -135,8 +135,9 @@ def _grid_left(sampler, study) -> int | None:
     size = len(sampler._all_grids)
     from transferlab.studies import lost
 
-    taken = {t.system_attrs["grid_id"] for t in study.get_trials(deepcopy=False)  # a lost trial's point is free:
-             if "grid_id" in t.system_attrs and t.state != optuna.trial.TrialState.WAITING and not lost(t)}  # its retry takes it
+    # a lost trial's point is free: its retry (WAITING until asked) takes it
+    taken = {t.system_attrs["grid_id"] for t in study.get_trials(deepcopy=False)
+             if "grid_id" in t.system_attrs and t.state != optuna.trial.TrialState.WAITING and not lost(t)}
     return max(size - len(taken), 0)
 
 
@@ -517,7 +518,8 @@ class OptunaSweeper(Sweeper):
         value = ret._return_value  # (``return_value`` re-raises a failed job's exception)
         if study._storage.get_trial(trial._trial_id).state.is_finished():
             log.warning("trial %d was marked lost while it ran (no heartbeat for hydra.sweeper.grace_period): its "
-                        "result is not counted, its parameters run again", trial.number)
+                        "result is not counted; its parameters run again up to hydra.sweeper.max_retry=%d times",
+                        trial.number, self.max_retry)
             return None
         if ret.status == JobStatus.FAILED and isinstance(value, optuna.TrialPruned):
             study.tell(trial, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
